@@ -1,0 +1,58 @@
+# The two commands a new machine needs: `make run` and `make test`.
+SHELL        := /bin/bash
+export PATH  := /usr/local/go/bin:$(PATH)
+export GOTOOLCHAIN := local
+export CGO_ENABLED := 1
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+GOTEST  := go test -race -count=1 -timeout 14m
+FUZZTIME ?= 60s
+
+.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean
+
+all: build
+
+## deps: install what is missing (softhsm2, curl, gcc), only when absent
+deps:
+	@scripts/deps.sh
+
+## build: bin/appliance
+build: deps
+	go build -trimpath -ldflags "$(LDFLAGS)" -o bin/appliance ./cmd/appliance
+
+## run: provision var/dev (SoftHSM token, dev PKI, key, config) and serve on https://127.0.0.1:8443
+run: build
+	@scripts/dev.sh provision
+	@scripts/dev.sh serve
+
+## test: the whole suite with -race against real SoftHSM, then the new-user smoke test
+test: deps vet unit fuzz-short smoke
+
+unit:
+	$(GOTEST) ./...
+
+vet:
+	go vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+## smoke: a copy of the tree, `make run`, the printed curl command
+smoke: build
+	@scripts/smoke.sh
+
+## fuzz-short: every fuzz target briefly (CI); fuzz: each for FUZZTIME
+fuzz-short:
+	@FUZZTIME=3s scripts/fuzz.sh
+
+fuzz: deps
+	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+## bench: Go benchmarks of the hot paths
+bench: deps
+	go test -run '^$$' -bench . -benchmem -count 5 ./... | tee var/bench.txt
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin var/dev

@@ -1,0 +1,233 @@
+// Command appliance is the HSM-backed signing appliance. It stays thin:
+// parse arguments, call into internal/app, map errors to exit codes.
+package main
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/app"
+	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/devpki"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+	exitConfig  = 3
+)
+
+const usage = `appliance — HSM-backed signing appliance
+
+Usage:
+  appliance serve        --config FILE
+  appliance init         --config FILE [--so-pin-file FILE]
+  appliance keys create  --config FILE --id ID [--label L] [--algorithm secp256k1|p256|ed25519]
+                         [--chain ethereum --network CHAIN_ID] [--if-missing]
+  appliance keys list    --config FILE
+  appliance config check FILE
+  appliance dev pki      --dir DIR
+  appliance version
+`
+
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+type configError struct{ err error }
+
+func (e configError) Error() string { return e.err.Error() }
+func (e configError) Unwrap() error { return e.err }
+
+func main() {
+	err := run(os.Args[1:], os.Stdout)
+	if err == nil {
+		os.Exit(exitOK)
+	}
+	fmt.Fprintln(os.Stderr, "appliance:", err)
+	var ue usageError
+	var ce configError
+	switch {
+	case errors.As(err, &ue):
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(exitUsage)
+	case errors.As(err, &ce):
+		os.Exit(exitConfig)
+	default:
+		os.Exit(exitFailure)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"no command"}
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return serve(rest)
+	case "init":
+		return initCmd(rest)
+	case "keys":
+		return keysCmd(rest, out)
+	case "config":
+		if len(rest) != 2 || rest[0] != "check" {
+			return usageError{"config check FILE"}
+		}
+		cfg, err := config.Load(rest[1])
+		if err != nil {
+			return configError{err}
+		}
+		y, err := cfg.Redacted()
+		if err != nil {
+			return err
+		}
+		_, err = out.Write(y)
+		return err
+	case "dev":
+		if len(rest) == 0 || rest[0] != "pki" {
+			return usageError{"dev pki --dir DIR"}
+		}
+		fs := flag.NewFlagSet("dev pki", flag.ContinueOnError)
+		dir := fs.String("dir", "", "directory for the dev PKI")
+		if err := fs.Parse(rest[1:]); err != nil || *dir == "" {
+			return usageError{"dev pki --dir DIR"}
+		}
+		return devpki.Generate(*dir, devpki.DefaultClients())
+	case "version", "--version", "-v":
+		fmt.Fprintln(out, "appliance", version)
+		return nil
+	case "help", "--help", "-h":
+		fmt.Fprint(out, usage)
+		return nil
+	default:
+		return usageError{fmt.Sprintf("unknown command %q", cmd)}
+	}
+}
+
+// loadConfig parses --config (and the extra flags bound by bind) and builds
+// the logger the configuration asks for.
+func loadConfig(name string, args []string, bind func(*flag.FlagSet)) (*config.Config, *zap.Logger, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	path := fs.String("config", "/etc/appliance/appliance.yaml", "configuration file")
+	if bind != nil {
+		bind(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, usageError{fmt.Sprintf("%s: %v", name, err)}
+	}
+	if fs.NArg() > 0 {
+		return nil, nil, usageError{fmt.Sprintf("%s: unexpected argument %q", name, fs.Arg(0))}
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return nil, nil, configError{err}
+	}
+	log, err := app.NewLogger(cfg.Log)
+	if err != nil {
+		return nil, nil, configError{err}
+	}
+	return cfg, log, nil
+}
+
+func serve(args []string) error {
+	cfg, log, err := loadConfig("serve", args, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	a, err := app.New(ctx, cfg, log, version)
+	if err != nil {
+		log.Error("start failed", zap.Error(err))
+		return err
+	}
+	defer a.Close()
+	return a.Serve(ctx)
+}
+
+func initCmd(args []string) error {
+	var soPINFile string
+	cfg, log, err := loadConfig("init", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the token's SO PIN; initialises the token when it does not exist")
+	})
+	if err != nil {
+		return err
+	}
+	var soPIN []byte
+	if soPINFile != "" {
+		raw, err := os.ReadFile(soPINFile)
+		if err != nil {
+			return fmt.Errorf("SO PIN file: %w", err)
+		}
+		soPIN = []byte(strings.TrimRight(string(raw), "\r\n"))
+		clear(raw)
+		defer clear(soPIN)
+	}
+	return app.Init(context.Background(), cfg, log, soPIN)
+}
+
+func keysCmd(args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return usageError{"keys create|list"}
+	}
+	switch args[0] {
+	case "create":
+		var spec app.KeySpec
+		var alg string
+		cfg, log, err := loadConfig("keys create", args[1:], func(fs *flag.FlagSet) {
+			fs.StringVar(&spec.ID, "id", "", "registry id")
+			fs.StringVar(&spec.Label, "label", "", "CKA_LABEL (default: the id)")
+			fs.StringVar(&alg, "algorithm", "", "secp256k1, p256 or ed25519")
+			fs.StringVar(&spec.Chain, "chain", "", "ethereum")
+			fs.StringVar(&spec.Network, "network", "", "chain id or network name")
+			fs.BoolVar(&spec.IfMissing, "if-missing", false, "succeed without change when the id exists")
+		})
+		if err != nil {
+			return err
+		}
+		spec.Algorithm = hsm.Algorithm(alg)
+		k, err := app.CreateKey(context.Background(), cfg, log, spec)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Algorithm, k.Chain, k.Network, k.Address)
+		return nil
+	case "list":
+		cfg, log, err := loadConfig("keys list", args[1:], nil)
+		if err != nil {
+			return err
+		}
+		keys, err := app.ListKeys(context.Background(), cfg, log)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tALGORITHM\tCHAIN\tNETWORK\tADDRESS\tPUBLIC KEY")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, k.Algorithm, k.Chain, k.Network, k.Address, hex.EncodeToString(k.PublicKey))
+		}
+		return tw.Flush()
+	default:
+		return usageError{"keys create|list"}
+	}
+}

@@ -1,0 +1,175 @@
+package api
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/signing"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+type healthBody struct {
+	Status string `json:"status"`
+	Sealed bool   `json:"sealed"`
+	Frozen bool   `json:"frozen"`
+	Checks any    `json:"checks"`
+}
+
+// health answers any client whose certificate verified, registered or not.
+func (s *Server) health(c echo.Context) error {
+	r := s.deps.Health.Run(c.Request().Context())
+	sealed, frozen := s.deps.Sealed()
+	code := http.StatusOK
+	if !r.Healthy() {
+		code = http.StatusServiceUnavailable
+	}
+	return c.JSON(code, healthBody{Status: r.Status, Sealed: sealed, Frozen: frozen, Checks: r.Checks})
+}
+
+func (s *Server) status(c echo.Context) error {
+	return c.JSON(http.StatusOK, s.deps.Status(c.Request().Context()))
+}
+
+// KeyBody is the JSON shape of a key.
+type KeyBody struct {
+	ID        string `json:"id"`
+	Label     string `json:"label"`
+	Algorithm string `json:"algorithm"`
+	Chain     string `json:"chain"`
+	Network   string `json:"network"`
+	PublicKey string `json:"public_key"`
+	Address   string `json:"address,omitempty"`
+}
+
+func keyBody(k *signing.Key) KeyBody {
+	return KeyBody{ID: k.ID, Label: k.Label, Algorithm: k.Algorithm, Chain: k.Chain, Network: k.Network,
+		PublicKey: hex.EncodeToString(k.PublicKey), Address: k.Address}
+}
+
+// visible: clients see the keys granted to them; officers and auditors see all.
+func visible(p *access.Principal, k *signing.Key) bool {
+	return p.HasAny(access.RoleOfficer, access.RoleAuditor) || p.Granted(k.ID)
+}
+
+func (s *Server) listKeys(c echo.Context) error {
+	p := principalOf(c)
+	out := []KeyBody{}
+	for _, k := range s.deps.Keys.List() {
+		if visible(p, k) {
+			out = append(out, keyBody(k))
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"keys": out})
+}
+
+func (s *Server) getKey(c echo.Context) error {
+	id := c.Param("id")
+	c.Set("key_id", id)
+	k, err := s.deps.Keys.Get(id)
+	if err != nil || !visible(principalOf(c), k) {
+		// Same answer for unknown and not visible: key ids are not an oracle.
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no key %q", id)
+	}
+	return c.JSON(http.StatusOK, keyBody(k))
+}
+
+// SignBody is the JSON of POST /v1/sign.
+type SignBody struct {
+	KeyID          string `json:"key_id"`
+	Chain          string `json:"chain"`
+	Network        string `json:"network"`
+	Payload        string `json:"payload"`
+	IdempotencyKey string `json:"idempotency_key"`
+}
+
+// SignedBody is a 200 answer of POST /v1/sign.
+type SignedBody struct {
+	RequestID string `json:"request_id"`
+	State     string `json:"state"`
+	SignedTx  string `json:"signed_tx"`
+	TxHash    string `json:"tx_hash,omitempty"`
+}
+
+func (s *Server) sign(c echo.Context) error {
+	var b SignBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	c.Set("key_id", b.KeyID)
+	res, err := s.deps.Signer.Sign(c.Request().Context(), principalOf(c), signing.Request(b))
+	if err != nil {
+		return err
+	}
+	c.Set("request_id", res.RequestID)
+	return c.JSON(http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx, TxHash: res.TxHash})
+}
+
+// RequestBody is the JSON of GET /v1/requests/{id}.
+type RequestBody struct {
+	ID        string            `json:"request_id"`
+	State     string            `json:"state"`
+	KeyID     string            `json:"key_id"`
+	Chain     string            `json:"chain"`
+	Network   string            `json:"network"`
+	Principal string            `json:"principal"`
+	Intent    json.RawMessage   `json:"intent,omitempty"`
+	Digest    string            `json:"digest"`
+	SignedTx  string            `json:"signed_tx,omitempty"`
+	TxHash    string            `json:"tx_hash,omitempty"`
+	Error     *apierr.BodyError `json:"error,omitempty"`
+	CreatedAt string            `json:"created_at"`
+	UpdatedAt string            `json:"updated_at"`
+}
+
+func (s *Server) getRequest(c echo.Context) error {
+	id := c.Param("id")
+	r, err := s.deps.Signer.Get(c.Request().Context(), id)
+	if err != nil {
+		return err
+	}
+	p := principalOf(c)
+	if r.Principal != p.Name && !p.HasAny(access.RoleOfficer, access.RoleAuditor) {
+		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no request %q", id)
+	}
+	c.Set("request_id", r.ID)
+	c.Set("key_id", r.KeyID)
+	return c.JSON(http.StatusOK, requestBody(r))
+}
+
+func requestBody(r store.Request) RequestBody {
+	b := RequestBody{ID: r.ID, State: r.State, KeyID: r.KeyID, Chain: r.Chain, Network: r.Network, Principal: r.Principal,
+		Intent: r.Intent, Digest: hex.EncodeToString(r.Digest), TxHash: r.TxHash,
+		CreatedAt: r.CreatedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00"), UpdatedAt: r.UpdatedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")}
+	if len(r.SignedTx) > 0 {
+		b.SignedTx = "0x" + hex.EncodeToString(r.SignedTx)
+	}
+	if r.ErrorCode != "" {
+		b.Error = &apierr.BodyError{Code: r.ErrorCode, Message: r.ErrorMessage}
+	}
+	return b
+}
+
+// decodeJSON strictly decodes one JSON object: unknown fields and trailing
+// data are errors, so a typo in a field name is never silently ignored.
+func decodeJSON(c echo.Context, v any) error {
+	dec := json.NewDecoder(c.Request().Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			return he // body limit
+		}
+		return apierr.Wrap(err, http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: trailing data after the object")
+	}
+	return nil
+}

@@ -1,0 +1,255 @@
+// Package api is the upstream-facing HTTPS server of ../shared/API.md:
+// mutual TLS 1.3, principals and roles, JSON shapes and stable error codes.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/health"
+	"github.com/custodysigner/appliance/internal/signing"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// Signer is what the API needs from the signing service.
+type Signer interface {
+	Sign(ctx context.Context, p *access.Principal, req signing.Request) (*signing.Result, error)
+	Get(ctx context.Context, id string) (store.Request, error)
+}
+
+// Keys is what the API needs from the key registry.
+type Keys interface {
+	List() []*signing.Key
+	Get(id string) (*signing.Key, error)
+}
+
+// StatusFunc reports /v1/status.
+type StatusFunc func(ctx context.Context) any
+
+// Deps are the server's collaborators; all are required.
+type Deps struct {
+	Log    *zap.Logger
+	Access *access.Registry
+	Signer Signer
+	Keys   Keys
+	Health *health.Checker
+	Status StatusFunc
+	Sealed func() (sealed, frozen bool)
+	HTTP   config.HTTP
+	TLS    *tls.Config
+}
+
+// Server is the HTTPS API.
+type Server struct {
+	deps Deps
+	e    *echo.Echo
+	http *http.Server
+}
+
+// New builds the server and its routes.
+func New(d Deps) (*Server, error) {
+	if d.Log == nil || d.Access == nil || d.Signer == nil || d.Keys == nil || d.Health == nil || d.Status == nil || d.TLS == nil {
+		return nil, errors.New("api: every dependency is required")
+	}
+	if d.Sealed == nil {
+		d.Sealed = func() (bool, bool) { return false, false }
+	}
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = errorHandler(d.Log)
+	s := &Server{deps: d, e: e}
+	e.Use(s.recoverer, s.requestContext, middleware.BodyLimit(bodyLimit(d.HTTP.MaxBodyBytes)))
+
+	v1 := e.Group("/v1")
+	v1.GET("/health", s.health)
+	v1.GET("/status", s.status, s.registered)
+	v1.GET("/keys", s.listKeys, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
+	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
+	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
+	v1.GET("/requests/:id", s.getRequest, s.registered)
+
+	s.http = &http.Server{
+		Handler:           e,
+		TLSConfig:         d.TLS,
+		ReadHeaderTimeout: d.HTTP.ReadTimeout.D(),
+		ReadTimeout:       d.HTTP.ReadTimeout.D(),
+		WriteTimeout:      d.HTTP.WriteTimeout.D(),
+		IdleTimeout:       d.HTTP.IdleTimeout.D(),
+		MaxHeaderBytes:    d.HTTP.MaxHeaderBytes,
+		ErrorLog:          zap.NewStdLog(d.Log.Named("http")),
+		BaseContext:       func(net.Listener) context.Context { return context.Background() },
+	}
+	return s, nil
+}
+
+// Serve accepts TLS connections on ln until Shutdown. It returns nil after
+// a clean shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.http.ServeTLS(ln, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting and waits for in-flight requests until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+
+// Handler exposes the routes (for tests that bring their own transport).
+func (s *Server) Handler() http.Handler { return s.e }
+
+func bodyLimit(n int64) string { return fmt.Sprintf("%dB", n) }
+
+// requestContext names the request, finds the principal from the verified
+// client certificate and attaches a logger carrying both, then logs the
+// outcome once.
+func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		start := time.Now()
+		req := c.Request()
+		rid := newRequestID()
+		c.Response().Header().Set(echo.HeaderXRequestID, rid)
+		fields := []zap.Field{zap.String("http_request_id", rid), zap.String("method", req.Method), zap.String("path", req.URL.Path)}
+		var p *access.Principal
+		if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
+			name := access.PrincipalName(req.TLS.PeerCertificates[0])
+			fields = append(fields, zap.String("principal", name))
+			p = s.deps.Access.Lookup(name)
+		}
+		log := s.deps.Log.With(fields...)
+		c.Set("log", log)
+		c.Set("principal", p)
+		err := next(c)
+		if err != nil {
+			c.Error(err)
+		}
+		status := c.Response().Status
+		lf := []zap.Field{zap.Int("status", status), zap.Duration("took", time.Since(start))}
+		if k, ok := c.Get("key_id").(string); ok {
+			lf = append(lf, zap.String("key_id", k))
+		}
+		if r, ok := c.Get("request_id").(string); ok {
+			lf = append(lf, zap.String("request_id", r))
+		}
+		if ae, ok := c.Get("apierr").(*apierr.Error); ok {
+			lf = append(lf, zap.String("code", ae.Code))
+			if ae.Cause != nil {
+				lf = append(lf, zap.NamedError("cause", ae.Cause))
+			}
+		}
+		switch {
+		case status >= 500:
+			log.Error("request", lf...)
+		case status >= 400:
+			log.Warn("request", lf...)
+		default:
+			log.Info("request", lf...)
+		}
+		return nil
+	}
+}
+
+// recoverer turns a panic in a handler into a 500 instead of a dead connection.
+func (s *Server) recoverer(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) (err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				s.deps.Log.Error("panic in handler", zap.Any("panic", r), zap.Stack("stack"))
+				err = apierr.Internal(fmt.Errorf("panic: %v", r))
+			}
+		}()
+		return next(c)
+	}
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func principalOf(c echo.Context) *access.Principal {
+	p, _ := c.Get("principal").(*access.Principal)
+	return p
+}
+
+func logOf(c echo.Context) *zap.Logger {
+	if l, ok := c.Get("log").(*zap.Logger); ok {
+		return l
+	}
+	return zap.NewNop()
+}
+
+// registered refuses principals that are not in the registry.
+func (s *Server) registered(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		if principalOf(c) == nil {
+			return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "principal is not registered")
+		}
+		return next(c)
+	}
+}
+
+// requireAny refuses principals holding none of roles.
+func (s *Server) requireAny(roles ...access.Role) echo.MiddlewareFunc {
+	return func(next echo.HandlerFunc) echo.HandlerFunc {
+		return func(c echo.Context) error {
+			p := principalOf(c)
+			if p == nil {
+				return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "principal is not registered")
+			}
+			if !p.HasAny(roles...) {
+				return apierr.New(http.StatusForbidden, apierr.CodeForbidden, "role %v required", roles)
+			}
+			return next(c)
+		}
+	}
+}
+
+// errorHandler writes every error as the API's JSON envelope.
+func errorHandler(log *zap.Logger) echo.HTTPErrorHandler {
+	return func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		ae := toAPIError(err)
+		c.Set("apierr", ae)
+		if ae.Code == apierr.CodeRateLimited {
+			c.Response().Header().Set("Retry-After", "1")
+		}
+		if werr := c.JSON(ae.Status, ae.Body()); werr != nil {
+			log.Debug("writing error response", zap.Error(werr))
+		}
+	}
+}
+
+func toAPIError(err error) *apierr.Error {
+	var he *echo.HTTPError
+	if errors.As(err, &he) {
+		switch he.Code {
+		case http.StatusRequestEntityTooLarge:
+			return apierr.New(he.Code, apierr.CodeTooLarge, "request body is too large")
+		case http.StatusNotFound:
+			return apierr.New(he.Code, apierr.CodeNotFound, "no such endpoint")
+		case http.StatusMethodNotAllowed:
+			return apierr.New(he.Code, apierr.CodeMethodNotAllowed, "method not allowed")
+		default:
+			return apierr.New(he.Code, apierr.CodeBadRequest, "%v", he.Message)
+		}
+	}
+	return apierr.From(err)
+}

@@ -1,0 +1,205 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/custodysigner/appliance/hsm/softhsmtest"
+	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/devpki"
+)
+
+// env is one appliance under test: a fresh SoftHSM token, a dev PKI, a
+// SQLite file, and the real server on a loopback port.
+type env struct {
+	t      *testing.T
+	dir    string
+	cfg    *config.Config
+	logs   *observer.ObservedLogs
+	log    *zap.Logger
+	url    string
+	app    *App
+	cancel context.CancelFunc
+	done   chan error
+}
+
+const testPrincipalPrefix = "spiffe://appliance.dev/"
+
+// newEnv provisions token, PKI and config, and creates an Ethereum key
+// "eth-dev" for chain id 1337 granted to the "client" principal. It does not
+// start the server.
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	uri, pin := softhsmtest.NewToken(t)
+	dir := t.TempDir()
+	// The PIN by path, as production configures it.
+	pinFile := filepath.Join(dir, "user.pin")
+	if err := os.WriteFile(pinFile, append(pin, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	uri.PinValue, uri.PinSource = "", "file:"+pinFile
+	pki := filepath.Join(dir, "pki")
+	if err := devpki.Generate(pki, devpki.DefaultClients()); err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`
+mode: dev
+listen: 127.0.0.1:0
+tls: {cert: %[1]s/server.crt, key: %[1]s/server.key, client_ca: %[1]s/ca.crt}
+hsm: {uri: %[2]q, pool_size: 4, acquire_timeout: 2s}
+store: {path: %[3]s/appliance.db}
+log: {level: debug}
+principals:
+  - {name: %[4]sclient, roles: [client], keys: [eth-dev, eth-other]}
+  - {name: %[4]sofficer1, roles: [officer]}
+  - {name: %[4]sauditor, roles: [auditor]}
+  - {name: %[4]soperator, roles: [operator]}
+`, pki, uri.String(), dir, testPrincipalPrefix)
+	cfg, err := config.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
+	if _, err := CreateKey(context.Background(), cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// start runs the appliance until the test ends.
+func (e *env) start() {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, err := New(ctx, e.cfg, e.log, "test")
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		cancel()
+		a.Close()
+		e.t.Fatal(err)
+	}
+	e.app, e.cancel, e.done = a, cancel, make(chan error, 1)
+	e.url = "https://" + ln.Addr().String()
+	go func() { e.done <- a.ServeListener(ctx, ln) }()
+	e.t.Cleanup(e.stop)
+}
+
+func (e *env) stop() {
+	if e.app == nil {
+		return
+	}
+	e.cancel()
+	select {
+	case err := <-e.done:
+		if err != nil {
+			e.t.Errorf("serve returned: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		e.t.Error("serve did not return within 30s of cancellation")
+	}
+	e.app.Close()
+	e.app = nil
+}
+
+// client returns an HTTPS client presenting the named dev certificate.
+func (e *env) client(name string) *http.Client {
+	e.t.Helper()
+	pki := filepath.Join(e.dir, "pki")
+	cfg := e.tlsConfig()
+	if name != "" {
+		cert, err := tls.LoadX509KeyPair(filepath.Join(pki, name+".crt"), filepath.Join(pki, name+".key"))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
+}
+
+func (e *env) tlsConfig() *tls.Config {
+	e.t.Helper()
+	caPEM, err := os.ReadFile(filepath.Join(e.dir, "pki", "ca.crt"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+}
+
+type answer struct {
+	status int
+	body   []byte
+	header http.Header
+}
+
+func (a answer) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(a.body, &m); err != nil {
+		t.Fatalf("status %d, body %q: %v", a.status, a.body, err)
+	}
+	return m
+}
+
+func (a answer) code(t *testing.T) string {
+	t.Helper()
+	m := a.json(t)
+	e, _ := m["error"].(map[string]any)
+	c, _ := e["code"].(string)
+	return c
+}
+
+func (e *env) do(c *http.Client, method, path string, body any) (answer, error) {
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			return answer{}, err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, e.url+path, rd)
+	if err != nil {
+		return answer{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return answer{}, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, body: raw, header: resp.Header}, err
+}
+
+func (e *env) must(c *http.Client, method, path string, body any) answer {
+	e.t.Helper()
+	a, err := e.do(c, method, path, body)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return a
+}

@@ -1,0 +1,64 @@
+package app
+
+import (
+	"context"
+	"time"
+
+	"github.com/custodysigner/appliance/internal/signing"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// StatusBody is the JSON of GET /v1/status.
+type StatusBody struct {
+	Version         string         `json:"version"`
+	Mode            string         `json:"mode"`
+	StartedAt       time.Time      `json:"started_at"`
+	UptimeSeconds   int64          `json:"uptime_seconds"`
+	Ready           bool           `json:"ready"`
+	Sealed          bool           `json:"sealed"`
+	Frozen          bool           `json:"frozen"`
+	SchemaVersion   int            `json:"schema_version"`
+	Keys            int            `json:"keys"`
+	KeysRefused     []KeyRefusal   `json:"keys_refused"`
+	PendingRequests int            `json:"pending_requests"`
+	HSM             HSMStatus      `json:"hsm"`
+	Lists           map[string]any `json:"lists"`
+}
+
+// KeyRefusal says which key cannot sign and why.
+type KeyRefusal struct {
+	ID     string `json:"id"`
+	Reason string `json:"reason"`
+}
+
+// HSMStatus is the HSM part of the status.
+type HSMStatus struct {
+	Healthy  bool   `json:"healthy"`
+	Reason   string `json:"reason,omitempty"`
+	Sessions int    `json:"sessions"`
+	InUse    int    `json:"in_use"`
+	Waiters  int    `json:"waiters"`
+	Rebuilds uint64 `json:"rebuilds"`
+}
+
+func (a *App) status(ctx context.Context) any {
+	h := a.hsm.Health()
+	b := StatusBody{
+		Version: a.version, Mode: string(a.cfg.Mode), StartedAt: a.started.UTC(),
+		UptimeSeconds: int64(time.Since(a.started).Seconds()), Ready: a.ready.Load(),
+		KeysRefused: []KeyRefusal{}, Lists: map[string]any{},
+		HSM: HSMStatus{Healthy: h.Healthy, Reason: h.Reason, Sessions: h.PoolSize, InUse: h.InUse, Waiters: h.Waiters, Rebuilds: h.Rebuilds},
+	}
+	keys := a.keys.List()
+	b.Keys = len(keys)
+	for _, k := range keys {
+		if err := a.keys.Refused(k.ID); err != nil {
+			b.KeysRefused = append(b.KeysRefused, KeyRefusal{ID: k.ID, Reason: signing.RefusalText(err)})
+		} else if err := a.hsm.KeyError(k.CKAID); err != nil {
+			b.KeysRefused = append(b.KeysRefused, KeyRefusal{ID: k.ID, Reason: signing.RefusalText(err)})
+		}
+	}
+	b.SchemaVersion, _ = a.store.SchemaVersion(ctx)
+	b.PendingRequests, _ = a.store.CountRequests(ctx, store.StateSigning)
+	return b
+}

@@ -1,0 +1,262 @@
+// Package config loads the appliance's configuration file: YAML, strictly
+// parsed (an unknown key is an error, not a silent default), validated as a
+// whole before anything starts. Secrets never live in this file: the HSM PIN
+// is referenced by path through the PKCS#11 URI's pin-source.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Mode says whether the appliance runs as a production service or a
+// developer's instance. Dev mode only changes logging format and loudness.
+type Mode string
+
+// Modes.
+const (
+	ModeProduction Mode = "production"
+	ModeDev        Mode = "dev"
+)
+
+// Config is the whole configuration file.
+type Config struct {
+	Mode       Mode        `yaml:"mode"`
+	Listen     string      `yaml:"listen"`
+	TLS        TLS         `yaml:"tls"`
+	HSM        HSM         `yaml:"hsm"`
+	Store      Store       `yaml:"store"`
+	Log        Log         `yaml:"log"`
+	HTTP       HTTP        `yaml:"http"`
+	Principals []Principal `yaml:"principals"`
+}
+
+// TLS names the server certificate and the CA that client certificates must
+// chain to. CRL, when set, is a PEM or DER certificate revocation list
+// issued by that CA.
+type TLS struct {
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	ClientCA string `yaml:"client_ca"`
+	CRL      string `yaml:"crl"`
+}
+
+// HSM configures the PKCS#11 token.
+type HSM struct {
+	// URI is an RFC 7512 PKCS#11 URI carrying module-path, token and pin-source.
+	URI string `yaml:"uri"`
+	// SoftHSM2Conf, when set, is exported as SOFTHSM2_CONF before the module
+	// loads, so the service needs no environment of its own.
+	SoftHSM2Conf   string   `yaml:"softhsm2_conf"`
+	PoolSize       int      `yaml:"pool_size"`
+	AcquireTimeout Duration `yaml:"acquire_timeout"`
+}
+
+// Store configures the SQLite database.
+type Store struct {
+	Path string `yaml:"path"`
+}
+
+// Log configures zap.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // json or console; default json in production, console in dev
+}
+
+// HTTP bounds every connection.
+type HTTP struct {
+	ReadTimeout     Duration `yaml:"read_timeout"`
+	WriteTimeout    Duration `yaml:"write_timeout"`
+	IdleTimeout     Duration `yaml:"idle_timeout"`
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
+	MaxHeaderBytes  int      `yaml:"max_header_bytes"`
+}
+
+// Principal registers a client identity (a certificate's first URI SAN, else
+// its subject CN) with roles and, for clients, the keys it may sign with.
+type Principal struct {
+	Name  string   `yaml:"name"`
+	Roles []string `yaml:"roles"`
+	Keys  []string `yaml:"keys"`
+}
+
+// Duration is a time.Duration written as "5s", "1m30s".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: duration must be a string like \"5s\": %w", n.Line, err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration back in its string form.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Roles a principal may hold.
+var knownRoles = map[string]bool{"client": true, "officer": true, "auditor": true, "operator": true}
+
+// Load reads, strictly parses, defaults and validates the file at path.
+// Relative file paths inside it are taken relative to the file's directory.
+func Load(path string) (*Config, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.resolvePaths(filepath.Dir(path))
+	return c, nil
+}
+
+// Parse strictly parses and validates a configuration document.
+func Parse(raw []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty configuration")
+		}
+		return nil, err
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
+	c.applyDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Config) applyDefaults() {
+	if c.Mode == "" {
+		c.Mode = ModeProduction
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:8443"
+	}
+	if c.HSM.PoolSize == 0 {
+		c.HSM.PoolSize = 4
+	}
+	if c.HSM.AcquireTimeout == 0 {
+		c.HSM.AcquireTimeout = Duration(5 * time.Second)
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "json"
+		if c.Mode == ModeDev {
+			c.Log.Format = "console"
+		}
+	}
+	h := &c.HTTP
+	if h.ReadTimeout == 0 {
+		h.ReadTimeout = Duration(10 * time.Second)
+	}
+	if h.WriteTimeout == 0 {
+		h.WriteTimeout = Duration(30 * time.Second)
+	}
+	if h.IdleTimeout == 0 {
+		h.IdleTimeout = Duration(120 * time.Second)
+	}
+	if h.ShutdownTimeout == 0 {
+		h.ShutdownTimeout = Duration(15 * time.Second)
+	}
+	if h.MaxBodyBytes == 0 {
+		h.MaxBodyBytes = 1 << 20
+	}
+	if h.MaxHeaderBytes == 0 {
+		h.MaxHeaderBytes = 16 << 10
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if c.Mode != ModeProduction && c.Mode != ModeDev {
+		bad("mode: %q is neither %q nor %q", c.Mode, ModeProduction, ModeDev)
+	}
+	if c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.ClientCA == "" {
+		bad("tls: cert, key and client_ca are required")
+	}
+	if c.HSM.URI == "" {
+		bad("hsm.uri is required")
+	}
+	if c.HSM.PoolSize < 1 || c.HSM.PoolSize > 1024 {
+		bad("hsm.pool_size: %d is outside 1..1024", c.HSM.PoolSize)
+	}
+	if c.Store.Path == "" {
+		bad("store.path is required")
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log.level: %q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		bad("log.format: %q is neither json nor console", c.Log.Format)
+	}
+	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 64<<20 {
+		bad("http.max_body_bytes: %d is outside 1 KiB..64 MiB", c.HTTP.MaxBodyBytes)
+	}
+	seen := map[string]bool{}
+	for i, p := range c.Principals {
+		if p.Name == "" {
+			bad("principals[%d]: name is required", i)
+		}
+		if seen[p.Name] {
+			bad("principals[%d]: %q is listed twice", i, p.Name)
+		}
+		seen[p.Name] = true
+		if len(p.Roles) == 0 {
+			bad("principals[%d] (%s): at least one role is required", i, p.Name)
+		}
+		for _, r := range p.Roles {
+			if !knownRoles[r] {
+				bad("principals[%d] (%s): unknown role %q", i, p.Name, r)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) resolvePaths(dir string) {
+	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+}
+
+// Redacted returns the effective configuration as YAML. The file holds no
+// secrets by design (the PIN is referenced by path), so nothing is removed,
+// but a pin-value smuggled into the URI is masked.
+func (c *Config) Redacted() ([]byte, error) {
+	cp := *c
+	cp.HSM.URI = redactPinValue(cp.HSM.URI)
+	return yaml.Marshal(&cp)
+}

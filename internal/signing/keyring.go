@@ -1,0 +1,126 @@
+package signing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// Key is a registry key as the service sees it.
+type Key struct {
+	store.Key
+	Ref hsm.KeyRef
+}
+
+// KeyChecker is the part of the HSM used to reconcile the registry.
+type KeyChecker interface {
+	CheckKey(ctx context.Context, ref hsm.KeyRef, pinned []byte) error
+	SetPinnedKeys(keys []hsm.PinnedKey)
+	KeyError(id []byte) error
+}
+
+// Keyring is the key registry loaded at start and reconciled with the token:
+// a key missing from the token, or whose public key differs from the pinned
+// one, is refused service with the reason.
+type Keyring struct {
+	mu      sync.RWMutex
+	keys    map[string]*Key
+	refused map[string]error // reason found at reconciliation
+}
+
+// LoadKeyring reads every registered key and checks each against the token.
+func LoadKeyring(ctx context.Context, st interface {
+	ListKeys(context.Context) ([]store.Key, error)
+}, h KeyChecker, log *zap.Logger) (*Keyring, error) {
+	list, err := st.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load key registry: %w", err)
+	}
+	kr := &Keyring{keys: make(map[string]*Key, len(list)), refused: map[string]error{}}
+	pins := make([]hsm.PinnedKey, 0, len(list))
+	for _, k := range list {
+		key := &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm)}}
+		kr.keys[k.ID] = key
+		if err := h.CheckKey(ctx, key.Ref, k.PublicKey); err != nil {
+			kr.refused[k.ID] = err
+			log.Error("key refused service: it does not reconcile with the token",
+				zap.String("key_id", k.ID), zap.String("label", k.Label), zap.Error(err))
+			continue
+		}
+		pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: k.PublicKey})
+	}
+	h.SetPinnedKeys(pins)
+	log.Info("key registry reconciled", zap.Int("keys", len(list)), zap.Int("refused", len(kr.refused)))
+	return kr, nil
+}
+
+// Get returns the key or a not_found API error.
+func (kr *Keyring) Get(id string) (*Key, error) {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	k, ok := kr.keys[id]
+	if !ok {
+		return nil, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no key %q", id)
+	}
+	return k, nil
+}
+
+// Usable says why a key cannot sign now, or nil.
+func (kr *Keyring) Usable(k *Key, h interface{ KeyError([]byte) error }) error {
+	if err := kr.Refused(k.ID); err != nil {
+		return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable,
+			"key %q is refused service: %s", k.ID, refusalText(err))
+	}
+	if err := h.KeyError(k.CKAID); err != nil {
+		return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable,
+			"key %q is refused service: %s", k.ID, refusalText(err))
+	}
+	return nil
+}
+
+// Refused returns the reconciliation failure of key id, or nil.
+func (kr *Keyring) Refused(id string) error {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	return kr.refused[id]
+}
+
+// List returns every key, ordered by id.
+func (kr *Keyring) List() []*Key {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	out := make([]*Key, 0, len(kr.keys))
+	for _, k := range kr.keys {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// refusalText is a safe, stable description of a reconciliation failure.
+func refusalText(err error) string {
+	switch {
+	case errors.Is(err, hsm.ErrKeyNotFound):
+		return "missing from the HSM token"
+	case errors.Is(err, hsm.ErrKeyMismatch):
+		return "its public key on the token differs from the pinned one"
+	case errors.Is(err, hsm.ErrKeyUnsafe):
+		return "its attributes on the token are not sensitive and non-extractable"
+	case errors.Is(err, hsm.ErrUnavailable):
+		return "the HSM is unavailable"
+	default:
+		return "it failed its check against the token"
+	}
+}
+
+// RefusalText is exported for /v1/status.
+func RefusalText(err error) string { return refusalText(err) }

@@ -1,0 +1,195 @@
+// Package signing carries a sign request from its decoded payload to a
+// recorded signature: key and grant checks, chain decoding, network
+// enforcement, the idempotent request record, the HSM signature, its
+// verification against the key's pinned public key, and the final record.
+//
+// Invariant: nothing is signed that is not recorded. The request row is
+// committed (state "signing") before the HSM is asked, and the signed
+// transaction is committed before it is returned to anyone.
+package signing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// Signer is the part of the HSM the service uses.
+type Signer interface {
+	Sign(ctx context.Context, ref hsm.KeyRef, data []byte) ([]byte, error)
+	KeyError(id []byte) error
+}
+
+// Store is the part of the store the service uses.
+type Store interface {
+	CreateRequest(ctx context.Context, r store.Request, hook func(*store.Tx, *store.Request) error) (store.Request, bool, error)
+	CompleteRequest(ctx context.Context, id string, signedTx []byte, txHash string) error
+	FailRequest(ctx context.Context, id, code, message string) error
+	RestartRequest(ctx context.Context, id string) error
+	GetRequest(ctx context.Context, id string) (store.Request, error)
+}
+
+// Request is a sign request as it arrives from the API.
+type Request struct {
+	KeyID          string
+	Chain          string
+	Network        string
+	Payload        string
+	IdempotencyKey string
+}
+
+// Result is a successful answer.
+type Result struct {
+	RequestID string
+	State     string
+	SignedTx  string // 0x-hex for Ethereum
+	TxHash    string // 0x-hex for Ethereum
+}
+
+// Service signs requests. It is safe for concurrent use.
+type Service struct {
+	store    Store
+	hsm      Signer
+	keys     *Keyring
+	log      *zap.Logger
+	inflight singleflight.Group
+	now      func() time.Time
+}
+
+// New returns a Service. Every dependency is required.
+func New(st Store, h Signer, keys *Keyring, log *zap.Logger) (*Service, error) {
+	if st == nil || h == nil || keys == nil || log == nil {
+		return nil, errors.New("signing: store, hsm, keyring and logger are required")
+	}
+	return &Service{store: st, hsm: h, keys: keys, log: log, now: time.Now}, nil
+}
+
+// Sign decodes, records, signs and records again. Errors are *apierr.Error.
+func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*Result, error) {
+	if req.KeyID == "" || req.Chain == "" || req.Payload == "" {
+		return nil, apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "key_id, chain and payload are required")
+	}
+	key, err := s.keys.Get(req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	if !p.Granted(key.ID) {
+		return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
+	}
+	if err := s.keys.Usable(key, s.hsm); err != nil {
+		return nil, err
+	}
+	if !strings.EqualFold(req.Chain, key.Chain) {
+		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeWrongNetwork, "key %q signs for chain %q, not %q", key.ID, key.Chain, req.Chain)
+	}
+	prep, err := prepare(key, req)
+	if err != nil {
+		return nil, err
+	}
+	if req.IdempotencyKey == "" {
+		return s.run(ctx, p, key, req, prep)
+	}
+	// Duplicates in flight in this process wait for the first and then
+	// replay its recorded answer, so a request is never signed twice
+	// concurrently.
+	flight := p.Name + "\x00" + req.IdempotencyKey
+	v, err, _ := s.inflight.Do(flight, func() (any, error) { return s.run(ctx, p, key, req, prep) })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Result), nil
+}
+
+func (s *Service) run(ctx context.Context, p *access.Principal, key *Key, req Request, prep *prepared) (*Result, error) {
+	rec, created, err := s.store.CreateRequest(ctx, store.Request{
+		Principal:      p.Name,
+		IdempotencyKey: req.IdempotencyKey,
+		KeyID:          key.ID,
+		Chain:          key.Chain,
+		Network:        key.Network,
+		Payload:        prep.payload,
+		PayloadHash:    prep.payloadHash,
+		Intent:         prep.intent,
+		Digest:         prep.digest,
+		State:          store.StateSigning,
+	}, nil)
+	if err != nil {
+		return nil, apierr.Internal(fmt.Errorf("record request: %w", err))
+	}
+	if !created {
+		return s.replay(ctx, rec, key, prep)
+	}
+	return s.sign(ctx, rec, key, prep)
+}
+
+// replay answers a repeated idempotency key.
+func (s *Service) replay(ctx context.Context, rec store.Request, key *Key, prep *prepared) (*Result, error) {
+	if rec.KeyID != key.ID || string(rec.PayloadHash) != string(prep.payloadHash) {
+		return nil, apierr.New(http.StatusConflict, apierr.CodeIdempotencyConflict,
+			"idempotency key %q was used for a different request (%s)", rec.IdempotencyKey, rec.ID)
+	}
+	switch rec.State {
+	case store.StateSigned:
+		return resultOf(rec, prep), nil
+	case store.StateFailed:
+		if err := s.store.RestartRequest(ctx, rec.ID); err != nil {
+			return nil, apierr.Internal(fmt.Errorf("restart request %s: %w", rec.ID, err))
+		}
+		return s.sign(ctx, rec, key, prep)
+	case store.StateSigning:
+		// Left behind by a process that stopped mid-sign: no signature was
+		// ever returned for it, so signing it now is the first answer.
+		return s.sign(ctx, rec, key, prep)
+	default:
+		return nil, apierr.New(http.StatusConflict, apierr.CodeIdempotencyConflict, "request %s is %s", rec.ID, rec.State)
+	}
+}
+
+func (s *Service) sign(ctx context.Context, rec store.Request, key *Key, prep *prepared) (*Result, error) {
+	signedTx, txHash, err := prep.sign(ctx, s.hsm, key)
+	if err != nil {
+		ae := apierr.From(err)
+		// A fresh context: the caller's may be cancelled, the record must still say what happened.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if ferr := s.store.FailRequest(fctx, rec.ID, ae.Code, ae.Message); ferr != nil {
+			s.log.Error("recording a failed request", zap.String("request_id", rec.ID), zap.Error(ferr))
+		}
+		return nil, ae
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := s.store.CompleteRequest(cctx, rec.ID, signedTx, txHash); err != nil {
+		// The signature is withheld: an unrecorded signature never leaves.
+		return nil, apierr.Internal(fmt.Errorf("record signature for %s: %w", rec.ID, err))
+	}
+	rec.State, rec.SignedTx, rec.TxHash = store.StateSigned, signedTx, txHash
+	return resultOf(rec, prep), nil
+}
+
+func resultOf(rec store.Request, prep *prepared) *Result {
+	return &Result{RequestID: rec.ID, State: rec.State, SignedTx: prep.formatTx(rec.SignedTx), TxHash: rec.TxHash}
+}
+
+// Get returns a recorded request; callers check who may see it.
+func (s *Service) Get(ctx context.Context, id string) (store.Request, error) {
+	r, err := s.store.GetRequest(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return r, apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no request %q", id)
+	}
+	if err != nil {
+		return r, apierr.Internal(err)
+	}
+	return r, nil
+}

@@ -1,0 +1,357 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"testing"
+	"time"
+)
+
+func storeWithKey(t testing.TB) *Store {
+	t.Helper()
+	s, _ := openTest(t)
+	if err := s.InsertKey(context.Background(), testKey("eth-dev", 1, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func newReq(principal, idem string) Request {
+	payload := []byte("payload-" + idem)
+	h := sha256.Sum256(payload)
+	return Request{
+		Principal: principal, IdempotencyKey: idem, KeyID: "eth-dev", Chain: "ethereum", Network: "1337",
+		Payload: payload, PayloadHash: h[:], Intent: []byte(`{"to":"0x01"}`), Digest: bytes.Repeat([]byte{7}, 32),
+	}
+}
+
+func count(t *testing.T, s *Store, state string) int {
+	t.Helper()
+	n, err := s.CountRequests(context.Background(), state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestCreateRequest(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+
+	in := newReq("spiffe://appliance.dev/client", "idem-1")
+	r1, created, err := s.CreateRequest(ctx, in, nil)
+	if err != nil || !created {
+		t.Fatalf("CreateRequest = %v, created=%v", err, created)
+	}
+	if !regexp.MustCompile(`^req_[a-z2-7]{26}$`).MatchString(r1.ID) {
+		t.Errorf("id %q is not req_ + 26 base32 chars", r1.ID)
+	}
+	if r1.State != StateSigning || r1.CreatedAt.IsZero() || !r1.CreatedAt.Equal(r1.UpdatedAt) {
+		t.Errorf("defaults: state=%q created=%v updated=%v", r1.State, r1.CreatedAt, r1.UpdatedAt)
+	}
+	got, err := s.GetRequest(ctx, r1.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", r1) {
+		t.Errorf("GetRequest differs from CreateRequest's answer:\n got %+v\nwant %+v", got, r1)
+	}
+	if !bytes.Equal(got.Payload, in.Payload) || !bytes.Equal(got.PayloadHash, in.PayloadHash) ||
+		!bytes.Equal(got.Intent, in.Intent) || !bytes.Equal(got.Digest, in.Digest) {
+		t.Errorf("blobs did not round-trip: %+v", got)
+	}
+
+	// Same principal and key: the first request, nothing written.
+	again := newReq("spiffe://appliance.dev/client", "idem-1")
+	again.Payload = []byte("a different payload")
+	r2, created, err := s.CreateRequest(ctx, again, func(*Tx, *Request) error { t.Error("hook ran on a replay"); return nil })
+	if err != nil || created || r2.ID != r1.ID || !bytes.Equal(r2.Payload, in.Payload) {
+		t.Fatalf("replay = %s created=%v err=%v; want %s, created=false, original payload", r2.ID, created, err, r1.ID)
+	}
+	// Another principal may use the same idempotency key.
+	r3, created, err := s.CreateRequest(ctx, newReq("spiffe://appliance.dev/other", "idem-1"), nil)
+	if err != nil || !created || r3.ID == r1.ID {
+		t.Fatalf("other principal: id=%s created=%v err=%v", r3.ID, created, err)
+	}
+	// Without an idempotency key every call is a new request.
+	a, _, errA := s.CreateRequest(ctx, newReq("p", ""), nil)
+	b, _, errB := s.CreateRequest(ctx, newReq("p", ""), nil)
+	if errA != nil || errB != nil || a.ID == b.ID {
+		t.Fatalf("no idempotency key: %s/%v %s/%v", a.ID, errA, b.ID, errB)
+	}
+	if n := count(t, s, ""); n != 4 {
+		t.Fatalf("%d requests, want 4", n)
+	}
+	if n := count(t, s, StateSigning); n != 4 {
+		t.Fatalf("%d signing, want 4", n)
+	}
+}
+
+func TestCreateRequestRejects(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	unknownKey := newReq("p", "k")
+	unknownKey.KeyID = "no-such-key"
+	dupID := newReq("p", "")
+	dupID.ID = "req_fixed"
+	if _, _, err := s.CreateRequest(ctx, dupID, nil); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		r    Request
+		want error
+	}{
+		{"unregistered key", unknownKey, ErrNotFound},
+		{"no principal", newReq("", "k"), ErrInvalid},
+		{"no key id", func() Request { r := newReq("p", "k"); r.KeyID = ""; return r }(), ErrInvalid},
+		{"duplicate id", dupID, ErrConflict},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, _, err := s.CreateRequest(ctx, tt.r, nil); !errors.Is(err, tt.want) {
+				t.Fatalf("CreateRequest = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if n := count(t, s, ""); n != 1 {
+		t.Fatalf("%d requests, want 1", n)
+	}
+}
+
+func TestCreateRequestHook(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	denied := errors.New("policy says no")
+
+	// A hook that writes and then fails: neither the request nor the hook's
+	// write survives, and the idempotency key stays free.
+	_, created, err := s.CreateRequest(ctx, newReq("p", "idem"), func(tx *Tx, r *Request) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO health (id, probed_at, probes) VALUES (1, 0, 0)`); err != nil {
+			return err
+		}
+		return fmt.Errorf("evaluate %s: %w", r.ID, denied)
+	})
+	if !errors.Is(err, denied) || created {
+		t.Fatalf("CreateRequest = created %v, %v; want the hook's error", created, err)
+	}
+	var health int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM health`).Scan(&health); err != nil || health != 0 {
+		t.Fatalf("hook's write survived: %d rows (%v)", health, err)
+	}
+	if n := count(t, s, ""); n != 0 {
+		t.Fatalf("%d requests after a failed hook, want 0", n)
+	}
+
+	// A panicking hook leaves nothing either.
+	func() {
+		defer func() { _ = recover() }()
+		_, _, _ = s.CreateRequest(ctx, newReq("p", "idem"), func(*Tx, *Request) error { panic("bug") })
+	}()
+	if n := count(t, s, ""); n != 0 {
+		t.Fatalf("%d requests after a panicking hook, want 0", n)
+	}
+
+	// A hook that changes the state through tx: the answer shows what committed.
+	r, created, err := s.CreateRequest(ctx, newReq("p", "idem"), func(tx *Tx, r *Request) error {
+		_, err := tx.ExecContext(ctx, `UPDATE requests SET state = 'pending_approval' WHERE id = ?`, r.ID)
+		return err
+	})
+	if err != nil || !created || r.State != "pending_approval" {
+		t.Fatalf("CreateRequest = %+v created=%v err=%v; want state pending_approval", r, created, err)
+	}
+}
+
+func TestCreateRequestConcurrentIdempotency(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	const n = 64
+	var (
+		wg      sync.WaitGroup
+		mu      sync.Mutex
+		ids     = map[string]int{}
+		created int
+		errs    []error
+	)
+	start := make(chan struct{})
+	for range n {
+		wg.Go(func() {
+			<-start
+			r, c, err := s.CreateRequest(ctx, newReq("spiffe://appliance.dev/client", "same"), nil)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			ids[r.ID]++
+			if c {
+				created++
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d errors, first: %v", len(errs), errs[0])
+	}
+	if created != 1 || len(ids) != 1 {
+		t.Fatalf("created=%d distinct ids=%d (%v); want exactly one request", created, len(ids), ids)
+	}
+	if c := count(t, s, ""); c != 1 {
+		t.Fatalf("%d rows, want 1", c)
+	}
+}
+
+func TestRequestTransitions(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	type step struct {
+		op    string // complete | fail | restart
+		want  error
+		state string // state afterwards
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{"sign", []step{{"complete", nil, StateSigned}}},
+		{"sign twice", []step{{"complete", nil, StateSigned}, {"complete", ErrConflict, StateSigned}}},
+		{"fail after signed", []step{{"complete", nil, StateSigned}, {"fail", ErrConflict, StateSigned}}},
+		{"restart signed", []step{{"complete", nil, StateSigned}, {"restart", ErrConflict, StateSigned}}},
+		{"restart signing", []step{{"restart", ErrConflict, StateSigning}}},
+		{"fail twice", []step{{"fail", nil, StateFailed}, {"fail", ErrConflict, StateFailed}}},
+		{"complete failed", []step{{"fail", nil, StateFailed}, {"complete", ErrConflict, StateFailed}}},
+		{"retry after outage", []step{{"fail", nil, StateFailed}, {"restart", nil, StateSigning}, {"complete", nil, StateSigned}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r, _, err := s.CreateRequest(ctx, newReq("p", ""), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, st := range tt.steps {
+				switch st.op {
+				case "complete":
+					err = s.CompleteRequest(ctx, r.ID, []byte{0x02, 0xf8}, "0xabc")
+				case "fail":
+					err = s.FailRequest(ctx, r.ID, "hsm_unavailable", "token removed")
+				case "restart":
+					err = s.RestartRequest(ctx, r.ID)
+				}
+				if !errors.Is(err, st.want) || (st.want == nil && err != nil) {
+					t.Fatalf("step %d %s: %v, want %v", i, st.op, err, st.want)
+				}
+				got, err := s.GetRequest(ctx, r.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.State != st.state {
+					t.Fatalf("step %d %s: state %s, want %s", i, st.op, got.State, st.state)
+				}
+			}
+		})
+	}
+
+	r, _, _ := s.CreateRequest(ctx, newReq("p", ""), nil)
+	if err := s.FailRequest(ctx, r.ID, "hsm_unavailable", "token removed"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetRequest(ctx, r.ID)
+	if got.ErrorCode != "hsm_unavailable" || got.ErrorMessage != "token removed" || got.UpdatedAt.Before(got.CreatedAt) {
+		t.Fatalf("failed request: %+v", got)
+	}
+	if err := s.RestartRequest(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CompleteRequest(ctx, r.ID, []byte{1, 2}, "0xfeed"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.GetRequest(ctx, r.ID)
+	if got.State != StateSigned || !bytes.Equal(got.SignedTx, []byte{1, 2}) || got.TxHash != "0xfeed" || got.ErrorCode != "" || got.ErrorMessage != "" {
+		t.Fatalf("completed request: %+v", got)
+	}
+
+	for name, op := range map[string]func() error{
+		"complete": func() error { return s.CompleteRequest(ctx, "req_missing", nil, "") },
+		"fail":     func() error { return s.FailRequest(ctx, "req_missing", "c", "m") },
+		"restart":  func() error { return s.RestartRequest(ctx, "req_missing") },
+		"get":      func() error { _, err := s.GetRequest(ctx, "req_missing"); return err },
+	} {
+		if err := op(); !errors.Is(err, ErrNotFound) {
+			t.Errorf("%s on unknown id: %v, want ErrNotFound", name, err)
+		}
+	}
+}
+
+// Two goroutines racing to record a result: exactly one wins, because the
+// state is checked in the UPDATE itself.
+func TestCompleteRequestRace(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	r, _, err := s.CreateRequest(ctx, newReq("p", ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	results := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if i%2 == 0 {
+				results <- s.CompleteRequest(ctx, r.ID, []byte{byte(i)}, "0x")
+			} else {
+				results <- s.FailRequest(ctx, r.ID, "x", "y")
+			}
+		})
+	}
+	wg.Wait()
+	close(results)
+	ok := 0
+	for err := range results {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrConflict):
+			t.Errorf("unexpected error: %v", err)
+		}
+	}
+	if ok != 1 {
+		t.Fatalf("%d transitions succeeded, want 1", ok)
+	}
+}
+
+func TestCreateRequestTimesAreUTC(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	fixed := time.Date(2026, 3, 4, 5, 6, 7, 123456789, time.FixedZone("X", 3600))
+	s.now = func() time.Time { return fixed }
+	r, _, err := s.CreateRequest(ctx, newReq("p", ""), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetRequest(ctx, r.ID)
+	if !got.CreatedAt.Equal(fixed) || got.CreatedAt.Location() != time.UTC {
+		t.Fatalf("CreatedAt %v, want %v in UTC with nanoseconds", got.CreatedAt, fixed)
+	}
+}
+
+func BenchmarkCreateAndCompleteRequest(b *testing.B) {
+	ctx := context.Background()
+	s := storeWithKey(b)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		r, _, err := s.CreateRequest(ctx, newReq("p", fmt.Sprint("idem-", i)), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.CompleteRequest(ctx, r.ID, []byte{0x02}, "0xabc"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

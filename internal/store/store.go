@@ -1,0 +1,275 @@
+// Package store is the appliance's SQLite database: the key registry, signing
+// requests, and the write transaction that later packages (policy counters,
+// approvals, the audit chain) join so that a request and everything decided
+// about it commit together or not at all.
+//
+// There is exactly one writer path: a *sql.DB limited to one connection whose
+// transactions start with BEGIN IMMEDIATE, so every write transaction holds
+// the database write lock from its first statement and check-then-write
+// sequences (idempotency, limits) cannot interleave, even across processes.
+// Reads use a separate pool that is query-only, so a read can never write.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+	"go.uber.org/zap"
+)
+
+// Errors callers compare with errors.Is. Returned errors wrap them with context.
+var (
+	// ErrNotFound: no row with that id.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a uniqueness rule or a state transition was violated.
+	ErrConflict = errors.New("conflict")
+	// ErrInvalid: the caller passed a value the store will not record.
+	ErrInvalid = errors.New("invalid")
+	// ErrSchemaTooNew: the database was migrated by a newer binary; opening it
+	// could silently ignore columns or rules this binary does not know.
+	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
+	// ErrIntegrity: SQLite's quick_check found corruption.
+	ErrIntegrity = errors.New("database integrity check failed")
+)
+
+// Tx is the write transaction handed to hooks and WriteTx callbacks. It is an
+// alias, so a func(*sql.Tx, *Request) error and a func(*store.Tx, *Request)
+// error are the same type and callers may spell it either way.
+type Tx = sql.Tx
+
+// busyTimeout bounds how long a statement waits for another process's lock
+// (a backup tool, an operator's sqlite3 shell) before failing.
+const busyTimeout = 5 * time.Second
+
+// Store is the appliance database. It is safe for concurrent use.
+type Store struct {
+	w   *sql.DB // one connection, BEGIN IMMEDIATE: the only writer
+	r   *sql.DB // query-only pool for reads
+	log *zap.Logger
+	now func() time.Time
+}
+
+// Open opens (creating if missing) the database at path and migrates it to
+// the newest schema this binary knows. A missing parent directory is created
+// 0700 and a missing file 0600, because the database holds request payloads
+// and policy state that only the appliance should read.
+func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
+	if log == nil {
+		return nil, errors.New("store: a logger is required")
+	}
+	if path == "" {
+		return nil, fmt.Errorf("store: empty path: %w", ErrInvalid)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("store: resolve %q: %w", path, err)
+	}
+	if err := ensureFile(abs, log); err != nil {
+		return nil, err
+	}
+
+	s := &Store{log: log, now: time.Now}
+	s.w, err = openDB(abs, url.Values{
+		"_journal_mode": {"WAL"},
+		"_synchronous":  {"FULL"},
+		"_foreign_keys": {"on"},
+		"_txlock":       {"immediate"},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+	if err := s.checkPragmas(ctx); err != nil {
+		return nil, errors.Join(err, s.w.Close())
+	}
+	if err := s.migrate(ctx); err != nil {
+		return nil, errors.Join(err, s.w.Close())
+	}
+
+	s.r, err = openDB(abs, url.Values{
+		"_query_only":   {"1"},
+		"_foreign_keys": {"on"},
+		// A reader may be the last connection and run the closing checkpoint.
+		"_synchronous": {"FULL"},
+	})
+	if err != nil {
+		return nil, errors.Join(err, s.w.Close())
+	}
+	s.r.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
+	if err := s.r.PingContext(ctx); err != nil {
+		return nil, errors.Join(fmt.Errorf("store: open read pool: %w", err), s.Close())
+	}
+	return s, nil
+}
+
+// Close closes both pools.
+func (s *Store) Close() error {
+	var errs []error
+	if s.r != nil {
+		errs = append(errs, s.r.Close())
+	}
+	errs = append(errs, s.w.Close())
+	return errors.Join(errs...)
+}
+
+// WriteTx runs fn inside the single write transaction and commits if fn
+// returns nil; otherwise, or if fn panics, nothing fn did is kept. The write
+// lock is held for the whole of fn, so fn must be short and must not call
+// WriteTx (or any other Store write) itself: that would wait for the one
+// writer connection it already holds. Reads through the Store's read methods
+// from inside fn do not see fn's uncommitted writes; read through tx instead.
+func (s *Store) WriteTx(ctx context.Context, fn func(tx *Tx) error) (err error) {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: begin write: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback()
+			panic(p)
+		}
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(); err != nil {
+		return fmt.Errorf("store: commit: %w", err)
+	}
+	return nil
+}
+
+// openDB opens a pool on a file: URI so that unusual characters in the path
+// ('?', '#', '%') are escaped rather than parsed as URI syntax.
+func openDB(abs string, params url.Values) (*sql.DB, error) {
+	params.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
+	u := url.URL{Scheme: "file", Path: abs, RawQuery: params.Encode()}
+	db, err := sql.Open("sqlite3", u.String())
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", abs, err)
+	}
+	return db, nil
+}
+
+// ensureFile creates the parent directory and the database file with owner-
+// only permissions. SQLite gives its -wal and -shm files the main file's mode,
+// so getting the main file right covers them too. An existing file readable
+// by others is tightened rather than refused: it is the appliance's own file.
+func ensureFile(abs string, log *zap.Logger) error {
+	dir := filepath.Dir(abs)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("store: create directory %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case err == nil:
+		// Chmod as well: the process umask could only remove bits, but a
+		// created file must not depend on the caller's umask being sane.
+		return errors.Join(f.Chmod(0o600), f.Close())
+	case !errors.Is(err, os.ErrExist):
+		return fmt.Errorf("store: create %s: %w", abs, err)
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return fmt.Errorf("store: stat %s: %w", abs, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("store: %s is not a regular file: %w", abs, ErrInvalid)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		log.Warn("database file was accessible to others; tightening to 0600",
+			zap.String("path", abs), zap.Stringer("mode", fi.Mode().Perm()))
+		if err := os.Chmod(abs, 0o600); err != nil {
+			return fmt.Errorf("store: chmod %s: %w", abs, err)
+		}
+	}
+	return nil
+}
+
+// checkPragmas reads back the durability settings rather than trusting the
+// DSN: on a filesystem without shared-memory support WAL silently falls back,
+// and a store that cannot guarantee FULL sync must not record signatures.
+func (s *Store) checkPragmas(ctx context.Context) error {
+	var mode string
+	var syncMode, fk int
+	if err := s.w.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fmt.Errorf("store: read journal_mode: %w", err)
+	}
+	if err := s.w.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&syncMode); err != nil {
+		return fmt.Errorf("store: read synchronous: %w", err)
+	}
+	if err := s.w.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk); err != nil {
+		return fmt.Errorf("store: read foreign_keys: %w", err)
+	}
+	const syncFull = 2
+	if mode != "wal" || syncMode != syncFull || fk != 1 {
+		return fmt.Errorf("store: pragmas not in effect (journal_mode=%s synchronous=%d foreign_keys=%d)", mode, syncMode, fk)
+	}
+	return nil
+}
+
+// Probe proves the store can commit: a write transaction that rewrites the
+// health row. The systemd watchdog is petted only while this succeeds.
+func (s *Store) Probe(ctx context.Context) error {
+	now := s.now().UTC().UnixNano()
+	err := s.WriteTx(ctx, func(tx *Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO health (id, probed_at, probes) VALUES (1, ?, 1)
+			ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at, probes = probes + 1`, now)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: probe: %w", err)
+	}
+	return nil
+}
+
+// QuickCheck runs PRAGMA quick_check and returns an error wrapping
+// ErrIntegrity unless SQLite answers exactly "ok".
+func (s *Store) QuickCheck(ctx context.Context) error {
+	rows, err := s.r.QueryContext(ctx, "PRAGMA quick_check")
+	if err != nil {
+		return fmt.Errorf("store: quick_check: %w", err)
+	}
+	defer rows.Close()
+	var problems []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return fmt.Errorf("store: quick_check: %w", err)
+		}
+		problems = append(problems, line)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("store: quick_check: %w", err)
+	}
+	if len(problems) == 1 && problems[0] == "ok" {
+		return nil
+	}
+	return fmt.Errorf("store: quick_check: %q: %w", problems, ErrIntegrity)
+}
+
+// isUnique reports whether err is a UNIQUE or PRIMARY KEY violation.
+func isUnique(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) &&
+		(se.ExtendedCode == sqlite3.ErrConstraintUnique || se.ExtendedCode == sqlite3.ErrConstraintPrimaryKey)
+}
+
+// isForeignKey reports whether err is a FOREIGN KEY violation.
+func isForeignKey(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.ExtendedCode == sqlite3.ErrConstraintForeignKey
+}

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Dev instance under var/dev: its own SoftHSM token directory and
+# softhsm2.conf, a dev PKI, a secp256k1 key for chain id 1337, and a
+# configuration. Everything is reused on the next run.
+#   scripts/dev.sh provision   create what is missing
+#   scripts/dev.sh serve       run the appliance in the foreground
+# DEV_DIR (default var/dev) and DEV_PORT (default 8443) can be overridden.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+dev=${DEV_DIR:-$root/var/dev}
+port=${DEV_PORT:-8443}
+bin=$root/bin/appliance
+module=""
+for p in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
+  [[ -e $p ]] && module=$p && break
+done
+[[ -n $module ]] || { echo "SoftHSM is not installed: run make deps"; exit 1; }
+export SOFTHSM2_CONF=$dev/hsm/softhsm2.conf
+
+payload=0x02f082053980843b9aca008477359400825208941111111111111111111111111111111111111111872386f26fc1000080c0
+
+provision() {
+  umask 077
+  mkdir -p "$dev/hsm/tokens" "$dev/pki"
+  if [[ ! -f $SOFTHSM2_CONF ]]; then
+    sed "s#@TOKENDIR@#$dev/hsm/tokens#" firmware-config/softhsm2.conf.in > "$SOFTHSM2_CONF"
+  fi
+  # Dev PINs: random, on disk under var/dev only (production takes the PIN
+  # from the unseal quorum or a systemd credential, never from a file).
+  [[ -f $dev/hsm/user.pin ]] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dev/hsm/user.pin"
+  [[ -f $dev/hsm/so.pin ]] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dev/hsm/so.pin"
+  "$bin" dev pki --dir "$dev/pki"
+  if [[ ! -f $dev/appliance.yaml ]]; then
+    sed -e "s#@DEV@#$dev#g" -e "s#@MODULE@#$module#g" -e "s#@PORT@#$port#g" \
+      firmware-config/appliance.dev.yaml.in > "$dev/appliance.yaml"
+  fi
+  "$bin" init --config "$dev/appliance.yaml" --so-pin-file "$dev/hsm/so.pin"
+  "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing >/dev/null
+}
+
+serve() {
+  local curl_cmd="curl -sS --cacert $dev/pki/ca.crt --cert $dev/pki/client.crt --key $dev/pki/client.key \\
+  -H 'Content-Type: application/json' https://127.0.0.1:$port/v1/sign \\
+  -d '{\"key_id\":\"eth-dev\",\"chain\":\"ethereum\",\"network\":\"1337\",\"payload\":\"$payload\",\"idempotency_key\":\"demo-1\"}'"
+  echo "$curl_cmd" > "$dev/curl-sign.sh"
+  cat <<MSG
+
+  Appliance (dev) starting on https://127.0.0.1:$port — keys: $("$bin" keys list --config "$dev/appliance.yaml" 2>/dev/null | awk 'NR>1{printf "%s (%s) ", $1, $5}')
+  In another terminal, sign an EIP-1559 transaction (chain id 1337) over mTLS:
+
+$curl_cmd
+
+  (also saved as $dev/curl-sign.sh; Ctrl-C stops the appliance)
+
+MSG
+  exec "$bin" serve --config "$dev/appliance.yaml"
+}
+
+case ${1:-} in
+  provision) provision ;;
+  serve) serve ;;
+  *) echo "usage: $0 provision|serve"; exit 2 ;;
+esac
