@@ -141,7 +141,7 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	go func() { errc <- a.server.Serve(ln) }()
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
-	go a.notifier.Watchdog(wctx, a.checker)
+	go a.notifier.Monitor(wctx, a.checker, health.DefaultMonitorInterval)
 
 	a.ready.Store(true)
 	a.notifier.Ready()

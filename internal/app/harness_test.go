@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,10 +76,24 @@ principals:
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
+	// Whatever a test did, the PIN never reached a log line (debug included).
+	t.Cleanup(func() { e.assertNotLogged(string(pin)) })
 	if _, err := CreateKey(context.Background(), cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}); err != nil {
 		t.Fatal(err)
 	}
 	return e
+}
+
+func (e *env) assertNotLogged(secret string) {
+	for _, entry := range e.logs.All() {
+		line := entry.Message
+		for k, v := range entry.ContextMap() {
+			line += fmt.Sprintf(" %s=%v", k, v)
+		}
+		if strings.Contains(line, secret) {
+			e.t.Errorf("secret found in a log line: %q", entry.Message)
+		}
+	}
 }
 
 // start runs the appliance until the test ends.

@@ -32,18 +32,30 @@ func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
 // Status sets the one-line status shown by systemctl status.
 func (n *Notifier) Status(s string) { n.send("STATUS=" + s) }
 
-// Watchdog pets the systemd watchdog at half its interval, but only after a
-// fresh health run passes: a hung HSM or a read-only store stops the petting
-// and lets systemd restart the service. It returns when ctx ends, at once
-// when the watchdog is not enabled for this process.
-func (n *Notifier) Watchdog(ctx context.Context, c *Checker) {
-	interval, err := daemon.SdWatchdogEnabled(false)
-	if err != nil || interval <= 0 {
-		return
+// DefaultMonitorInterval is how often health is probed when systemd's
+// watchdog does not ask for more often. Probing matters even without a
+// watchdog: an idle HSM module only notices a lost token when probed.
+const DefaultMonitorInterval = 5 * time.Second
+
+// Monitor runs a fresh health check every interval (at most half the
+// systemd watchdog interval when one is set) until ctx ends. It pets the
+// watchdog only after a passing run, so a hung HSM or a read-only store stops
+// the petting and lets systemd restart the service; it logs and reports
+// every change of state.
+func (n *Notifier) Monitor(ctx context.Context, c *Checker, interval time.Duration) {
+	wd, err := daemon.SdWatchdogEnabled(false)
+	if err != nil {
+		n.log.Warn("reading the watchdog interval", zap.Error(err))
 	}
-	tick := time.NewTicker(interval / 2)
+	if wd > 0 && wd/2 < interval {
+		interval = wd / 2
+	}
+	if wd > 0 {
+		n.log.Info("systemd watchdog enabled", zap.Duration("watchdog", wd), zap.Duration("probe_interval", interval))
+	}
+	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	lastState := ""
+	last := StatusOK
 	for {
 		select {
 		case <-ctx.Done():
@@ -51,14 +63,21 @@ func (n *Notifier) Watchdog(ctx context.Context, c *Checker) {
 		case <-tick.C:
 		}
 		r := c.Fresh(ctx)
-		if r.Healthy() {
-			n.send(daemon.SdNotifyWatchdog)
-		} else {
-			n.log.Error("health check failed: not petting the watchdog", zap.Any("checks", r.Checks))
+		if ctx.Err() != nil {
+			return
 		}
-		if r.Status != lastState {
+		if wd > 0 && r.Healthy() {
+			n.send(daemon.SdNotifyWatchdog)
+		}
+		if r.Status != last {
+			fields := []zap.Field{zap.String("from", last), zap.String("to", r.Status), zap.Any("checks", r.Checks)}
+			if r.Healthy() {
+				n.log.Info("health changed", fields...)
+			} else {
+				n.log.Error("health changed: not petting the watchdog", fields...)
+			}
 			n.Status("health " + r.Status)
-			lastState = r.Status
+			last = r.Status
 		}
 	}
 }

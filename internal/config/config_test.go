@@ -1,0 +1,98 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+tls: {cert: s.crt, key: s.key, client_ca: ca.crt}
+hsm: {uri: "pkcs11:token=t?module-path=/m.so&pin-source=file:/p"}
+store: {path: a.db}
+`
+
+func TestDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != ModeProduction || c.Log.Format != "json" || c.HSM.PoolSize != 4 ||
+		c.HTTP.MaxBodyBytes != 1<<20 || c.HTTP.ReadTimeout.D() != 10*time.Second || c.Listen != "127.0.0.1:8443" {
+		t.Fatalf("defaults: %+v", c)
+	}
+	d, err := Parse([]byte(minimal + "mode: dev\n"))
+	if err != nil || d.Log.Format != "console" {
+		t.Fatalf("dev mode logs to the console: %v %+v", err, d)
+	}
+}
+
+func TestStrictParsing(t *testing.T) {
+	cases := []struct {
+		name, doc, wantErr string
+	}{
+		{"unknown top-level key", minimal + "colour: red\n", "colour"},
+		{"misspelt nested key", strings.Replace(minimal, "client_ca", "clientca", 1), "clientca"},
+		{"bad duration", minimal + "http: {read_timeout: 10}\n", "duration"},
+		{"unknown role", minimal + "principals: [{name: a, roles: [admin]}]\n", "unknown role"},
+		{"duplicate principal", minimal + "principals: [{name: a, roles: [client]}, {name: a, roles: [officer]}]\n", "twice"},
+		{"principal without role", minimal + "principals: [{name: a}]\n", "role"},
+		{"bad mode", minimal + "mode: staging\n", "mode"},
+		{"missing tls", "hsm: {uri: x}\nstore: {path: a}\n", "tls"},
+		{"missing hsm uri", "tls: {cert: a, key: b, client_ca: c}\nstore: {path: a}\n", "hsm.uri"},
+		{"pool too big", minimal + "hsm: {uri: x, pool_size: 5000}\n", ""},
+		{"two documents", minimal + "---\nmode: dev\n", "more than one"},
+		{"empty", "", "empty"},
+		{"duplicate key", minimal + "hsm: {uri: x}\n", "already defined"},
+		{"bad log level", minimal + "log: {level: loud}\n", "log.level"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.doc))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %q does not mention %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestLoadResolvesRelativePaths(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "appliance.yaml")
+	if err := os.WriteFile(p, []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.Cert != filepath.Join(dir, "s.crt") || c.Store.Path != filepath.Join(dir, "a.db") {
+		t.Fatalf("paths not resolved against the file's directory: %+v %+v", c.TLS, c.Store)
+	}
+}
+
+// The shipped reference configuration must always parse.
+func TestShippedExampleParses(t *testing.T) {
+	if _, err := Load("../../firmware-config/appliance.yaml"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRedactedMasksPinValue(t *testing.T) {
+	c, err := Parse([]byte(strings.Replace(minimal, "pin-source=file:/p", "pin-value=123456", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := c.Redacted()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "123456") || !strings.Contains(string(out), "REDACTED") {
+		t.Fatalf("redacted config:\n%s", out)
+	}
+}
