@@ -38,9 +38,15 @@ const usage = `appliance — HSM-backed signing appliance
 
 Usage:
   appliance serve        --config FILE
-  appliance init         --config FILE [--so-pin-file FILE]
+  appliance init         --config FILE --so-pin-file FILE --threshold K --officers P1,P2,P3
+                         --out DIR [--generate-approval-keys]     key ceremony (K-of-N unseal shares)
+  appliance init         --config FILE [--so-pin-file FILE]        auto-unseal deployments (PIN from pin-source)
   appliance keys create  --config FILE --id ID [--label L] [--algorithm secp256k1|p256|ed25519]
-                         [--chain ethereum --network CHAIN_ID] [--if-missing]
+                         [--chain ethereum --network CHAIN_ID] [--if-missing] [--share-file F ...]
+  appliance unseal       --share-file F   [--url U --tls-cert C --tls-key K --ca CA]
+  appliance freeze       --reason TEXT    [--url U --tls-cert C --tls-key K --ca CA]
+  appliance propose      --kind KIND --params JSON  [connection flags]
+  appliance approve      --request ID --key APPROVAL_KEY [--yes]  [connection flags]
   appliance keys list    --config FILE
   appliance config check FILE
   appliance dev pki      --dir DIR
@@ -87,6 +93,14 @@ func run(args []string, out io.Writer) error {
 		return initCmd(rest)
 	case "keys":
 		return keysCmd(rest, out)
+	case "unseal":
+		return unsealCmd(rest, out)
+	case "freeze":
+		return freezeCmd(rest, out)
+	case "propose":
+		return proposeCmd(rest, out)
+	case "approve":
+		return approveCmd(rest, os.Stdin, out)
 	case "config":
 		if len(rest) != 2 || rest[0] != "check" {
 			return usageError{"config check FILE"}
@@ -166,9 +180,15 @@ func serve(args []string) error {
 }
 
 func initCmd(args []string) error {
-	var soPINFile string
+	var soPINFile, officers, outDir string
+	var threshold int
+	var genKeys bool
 	cfg, log, err := loadConfig("init", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the token's SO PIN; initialises the token when it does not exist")
+		fs.IntVar(&threshold, "threshold", 0, "K: shares needed to unseal (ceremony)")
+		fs.StringVar(&officers, "officers", "", "comma-separated officer principals, one share each (ceremony)")
+		fs.StringVar(&outDir, "out", "", "directory for shares/ and officers/ (ceremony)")
+		fs.BoolVar(&genKeys, "generate-approval-keys", false, "generate each officer's Ed25519 approval key pair into --out/officers")
 	})
 	if err != nil {
 		return err
@@ -183,8 +203,22 @@ func initCmd(args []string) error {
 		clear(raw)
 		defer clear(soPIN)
 	}
-	return app.Init(context.Background(), cfg, log, soPIN)
+	if threshold == 0 && officers == "" {
+		return app.Init(context.Background(), cfg, log, soPIN)
+	}
+	if len(soPIN) == 0 || outDir == "" || officers == "" {
+		return usageError{"init ceremony: --so-pin-file, --threshold, --officers and --out are required"}
+	}
+	return app.InitCeremony(context.Background(), cfg, log, soPIN, app.CeremonySpec{
+		Threshold: threshold, Officers: strings.Split(officers, ","), OutDir: outDir, GenerateApprovalKeys: genKeys,
+	})
 }
+
+// repeated collects a repeatable flag.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 
 func keysCmd(args []string, out io.Writer) error {
 	if len(args) == 0 {
@@ -194,6 +228,7 @@ func keysCmd(args []string, out io.Writer) error {
 	case "create":
 		var spec app.KeySpec
 		var alg string
+		var shares repeated
 		cfg, log, err := loadConfig("keys create", args[1:], func(fs *flag.FlagSet) {
 			fs.StringVar(&spec.ID, "id", "", "registry id")
 			fs.StringVar(&spec.Label, "label", "", "CKA_LABEL (default: the id)")
@@ -201,12 +236,13 @@ func keysCmd(args []string, out io.Writer) error {
 			fs.StringVar(&spec.Chain, "chain", "", "ethereum")
 			fs.StringVar(&spec.Network, "network", "", "chain id or network name")
 			fs.BoolVar(&spec.IfMissing, "if-missing", false, "succeed without change when the id exists")
+			fs.Var(&shares, "share-file", "unseal share file (repeat until the threshold); without it the URI's pin-source is used")
 		})
 		if err != nil {
 			return err
 		}
 		spec.Algorithm = hsm.Algorithm(alg)
-		k, err := app.CreateKey(context.Background(), cfg, log, spec)
+		k, err := app.CreateKey(context.Background(), cfg, log, spec, shares)
 		if err != nil {
 			return err
 		}

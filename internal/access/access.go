@@ -6,6 +6,7 @@ package access
 import (
 	"crypto/x509"
 	"slices"
+	"sync/atomic"
 
 	"github.com/custodysigner/appliance/internal/config"
 )
@@ -54,27 +55,55 @@ func (p *Principal) Granted(keyID string) bool {
 	return p.Has(RoleClient) && slices.Contains(p.Keys, keyID)
 }
 
-// Registry maps principal names to principals. It is immutable once built,
-// so it is safe for concurrent use.
+// Override is a principal changed by quorum: it replaces the
+// configuration's entry of the same name, or removes it.
+type Override struct {
+	Name    string
+	Roles   []string
+	Keys    []string
+	Removed bool
+}
+
+// Registry maps principal names to principals. Lookups are lock-free; a
+// quorum decision swaps in a whole new map.
 type Registry struct {
-	byName map[string]*Principal
+	byName atomic.Pointer[map[string]*Principal]
 }
 
 // NewRegistry builds a registry from the configuration's principals.
 func NewRegistry(ps []config.Principal) *Registry {
-	r := &Registry{byName: make(map[string]*Principal, len(ps))}
-	for _, p := range ps {
-		pr := &Principal{Name: p.Name, Keys: slices.Clone(p.Keys)}
-		for _, role := range p.Roles {
-			pr.Roles = append(pr.Roles, Role(role))
-		}
-		r.byName[p.Name] = pr
-	}
+	r := &Registry{}
+	r.Set(ps, nil)
 	return r
 }
 
+// Set rebuilds the registry: the configuration's principals with the
+// quorum's overrides applied.
+func (r *Registry) Set(ps []config.Principal, overrides []Override) {
+	m := make(map[string]*Principal, len(ps)+len(overrides))
+	for _, p := range ps {
+		m[p.Name] = newPrincipal(p.Name, p.Roles, p.Keys)
+	}
+	for _, o := range overrides {
+		if o.Removed {
+			delete(m, o.Name)
+			continue
+		}
+		m[o.Name] = newPrincipal(o.Name, o.Roles, o.Keys)
+	}
+	r.byName.Store(&m)
+}
+
+func newPrincipal(name string, roles, keys []string) *Principal {
+	pr := &Principal{Name: name, Keys: slices.Clone(keys)}
+	for _, role := range roles {
+		pr.Roles = append(pr.Roles, Role(role))
+	}
+	return pr
+}
+
 // Lookup returns the registered principal, or nil.
-func (r *Registry) Lookup(name string) *Principal { return r.byName[name] }
+func (r *Registry) Lookup(name string) *Principal { return (*r.byName.Load())[name] }
 
 // Len is the number of registered principals.
-func (r *Registry) Len() int { return len(r.byName) }
+func (r *Registry) Len() int { return len(*r.byName.Load()) }

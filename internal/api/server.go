@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/health"
+	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -37,6 +39,21 @@ type Keys interface {
 	Get(id string) (*signing.Key, error)
 }
 
+// Seal is what the API needs from the seal manager.
+type Seal interface {
+	SubmitShare(ctx context.Context, officer, share string) (seal.Progress, error)
+	Freeze(ctx context.Context, by, reason string) error
+	State() seal.State
+}
+
+// Governance is what the API needs from the proposal service.
+type Governance interface {
+	Propose(ctx context.Context, proposer, kind string, params json.RawMessage) (store.Proposal, error)
+	Approve(ctx context.Context, officer, id string, sig []byte) (store.Proposal, error)
+	Get(ctx context.Context, id string) (store.Proposal, error)
+	List(ctx context.Context, state string) ([]store.Proposal, error)
+}
+
 // StatusFunc reports /v1/status.
 type StatusFunc func(ctx context.Context) any
 
@@ -49,8 +66,11 @@ type Deps struct {
 	Health *health.Checker
 	Status StatusFunc
 	Sealed func() (sealed, frozen bool)
-	HTTP   config.HTTP
-	TLS    *tls.Config
+	Seal   Seal
+	// Governance is nil on an appliance without an officer ceremony.
+	Governance Governance
+	HTTP       config.HTTP
+	TLS        *tls.Config
 }
 
 // Server is the HTTPS API.
@@ -62,7 +82,7 @@ type Server struct {
 
 // New builds the server and its routes.
 func New(d Deps) (*Server, error) {
-	if d.Log == nil || d.Access == nil || d.Signer == nil || d.Keys == nil || d.Health == nil || d.Status == nil || d.TLS == nil {
+	if d.Log == nil || d.Access == nil || d.Signer == nil || d.Keys == nil || d.Health == nil || d.Status == nil || d.TLS == nil || d.Seal == nil {
 		return nil, errors.New("api: every dependency is required")
 	}
 	if d.Sealed == nil {
@@ -81,6 +101,13 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
 	v1.GET("/requests/:id", s.getRequest, s.registered)
+	officer := s.requireAny(access.RoleOfficer)
+	v1.POST("/unseal", s.unseal, officer)
+	v1.POST("/freeze", s.freeze, officer)
+	v1.POST("/proposals", s.propose, officer)
+	v1.GET("/proposals", s.listProposals, s.requireAny(access.RoleOfficer, access.RoleAuditor))
+	v1.GET("/proposals/:id", s.getProposal, s.requireAny(access.RoleOfficer, access.RoleAuditor))
+	v1.POST("/proposals/:id/approvals", s.approveProposal, officer)
 
 	s.http = &http.Server{
 		Handler:           e,

@@ -31,6 +31,12 @@ const (
 	CodeHSMUnavailable      = "hsm_unavailable"
 	CodeUnavailable         = "unavailable"
 	CodeInternal            = "internal"
+	// Added beyond ../shared/API.md for the quorum flows.
+	CodeShareInvalid      = "share_invalid"      // 422: an unseal share was refused (format, checksum, ceremony, duplicate, combination)
+	CodeApprovalInvalid   = "approval_invalid"   // 422: an approval signature does not verify for that officer and digest
+	CodeDuplicateApproval = "duplicate_approval" // 409: this officer already approved
+	CodeExpired           = "expired"            // 409: the proposal or request expired
+	CodeConflict          = "conflict"           // 409: the target is not in a state that allows this
 )
 
 // Error is an API error.

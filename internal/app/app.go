@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/api"
 	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/governance"
 	"github.com/custodysigner/appliance/internal/health"
+	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -30,17 +33,23 @@ type App struct {
 	version  string
 	started  time.Time
 	store    *store.Store
-	hsm      *hsm.Module
 	keys     *signing.Keyring
 	access   *access.Registry
+	seal     *seal.Manager
+	gov      *governance.Service // nil without an officer ceremony
 	checker  *health.Checker
 	notifier *health.Notifier
 	server   *api.Server
 	ready    atomic.Bool
+
+	mu  sync.RWMutex
+	hsm *hsm.Module // open while unsealed, nil while sealed
 }
 
-// New opens the store and the HSM, reconciles the key registry with the
-// token and builds the API server. It does not listen yet.
+// New opens the store, loads the key registry and the seal state, and
+// builds the API server. The appliance starts sealed: the HSM is opened only
+// when a quorum of officers unseals it (or the auto-unseal source does, in
+// Serve).
 func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version string) (_ *App, err error) {
 	a := &App{cfg: cfg, log: log, version: version, started: time.Now(), notifier: health.NewNotifier(log)}
 	defer func() {
@@ -48,22 +57,39 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 			a.Close()
 		}
 	}()
+	if cfg.HSM.SoftHSM2Conf != "" {
+		// SoftHSM reads this at C_Initialize; set it before the module loads.
+		if err := os.Setenv("SOFTHSM2_CONF", cfg.HSM.SoftHSM2Conf); err != nil {
+			return nil, err
+		}
+	}
 	a.notifier.Status("opening store")
 	if a.store, err = store.Open(ctx, cfg.Store.Path, log.Named("store")); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	a.notifier.Status("opening HSM")
-	if a.hsm, err = OpenHSM(ctx, cfg, log); err != nil {
-		return nil, err
-	}
-	if a.keys, err = signing.LoadKeyring(ctx, a.store, a.hsm, log.Named("keys")); err != nil {
-		return nil, err
-	}
-	svc, err := signing.New(a.store, a.hsm, a.keys, log.Named("signing"))
-	if err != nil {
+	if a.keys, err = signing.LoadKeyring(ctx, a.store); err != nil {
 		return nil, err
 	}
 	a.access = access.NewRegistry(cfg.Principals)
+	if err := a.reloadPrincipals(ctx); err != nil {
+		return nil, err
+	}
+	sopts := seal.Options{ProgressTTL: cfg.Seal.ProgressTTL.D(), Log: log.Named("seal")}
+	if cfg.Seal.AutoUnseal {
+		sopts.AutoPIN, sopts.AutoSource = a.autoPIN()
+	}
+	if a.seal, err = seal.New(ctx, a.store, a, sopts); err != nil {
+		return nil, err
+	}
+	if _, err := a.store.GetCeremony(ctx); err == nil {
+		if a.gov, err = governance.New(ctx, a.store, a, 0, cfg.Seal.ProposalTTL.D(), log.Named("governance")); err != nil {
+			return nil, err
+		}
+	}
+	svc, err := signing.New(a.store, a.seal, a.currentSigner, a.keys, log.Named("signing"))
+	if err != nil {
+		return nil, err
+	}
 	a.checker = health.NewChecker(2*time.Second, time.Second,
 		health.Check{Name: "hsm", Critical: true, Probe: a.probeHSM},
 		health.Check{Name: "store", Critical: true, Probe: a.store.Probe},
@@ -73,18 +99,23 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
-	a.server, err = api.New(api.Deps{
+	deps := api.Deps{
 		Log: log.Named("api"), Access: a.access, Signer: svc, Keys: a.keys,
 		Health: a.checker, Status: a.status, HTTP: cfg.HTTP, TLS: tlsCfg,
-	})
-	if err != nil {
+		Seal: a.seal, Sealed: func() (bool, bool) { st := a.seal.State(); return st.Sealed, st.Frozen },
+	}
+	if a.gov != nil {
+		deps.Governance = a.gov
+	}
+	if a.server, err = api.New(deps); err != nil {
 		return nil, err
 	}
 	return a, nil
 }
 
-// OpenHSM loads the PKCS#11 module named by the configuration and logs in.
-func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger) (*hsm.Module, error) {
+// OpenHSM loads the PKCS#11 module named by the configuration and logs in
+// with pin (nil: the URI's pin-source).
+func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger, pin []byte) (*hsm.Module, error) {
 	if cfg.HSM.SoftHSM2Conf != "" {
 		// SoftHSM reads this at C_Initialize; set it before the module loads.
 		if err := os.Setenv("SOFTHSM2_CONF", cfg.HSM.SoftHSM2Conf); err != nil {
@@ -96,7 +127,7 @@ func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger) (*hsm.Mod
 		return nil, fmt.Errorf("hsm.uri: %w", err)
 	}
 	m, err := hsm.Open(ctx, hsm.Options{
-		URI: uri, PoolSize: cfg.HSM.PoolSize, AcquireTimeout: cfg.HSM.AcquireTimeout.D(), Logger: log.Named("hsm"),
+		URI: uri, PIN: pin, PoolSize: cfg.HSM.PoolSize, AcquireTimeout: cfg.HSM.AcquireTimeout.D(), Logger: log.Named("hsm"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open HSM %s: %w", uri, err)
@@ -105,16 +136,28 @@ func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger) (*hsm.Mod
 }
 
 func (a *App) probeHSM(ctx context.Context) error {
-	if h := a.hsm.Health(); !h.Healthy {
+	st := a.seal.State()
+	m := a.currentModule()
+	switch {
+	case st.Frozen:
+		return health.Degraded(errors.New("frozen: " + st.FrozenReason))
+	case st.Sealed || m == nil:
+		return health.Degraded(fmt.Errorf("sealed: %d of %d unseal shares", st.Progress, st.Threshold))
+	}
+	if h := m.Health(); !h.Healthy {
 		return fmt.Errorf("unhealthy: %s", h.Reason)
 	}
-	return a.hsm.Probe(ctx)
+	return m.Probe(ctx)
 }
 
 func (a *App) probeKeys(context.Context) error {
+	m := a.currentModule()
+	if m == nil {
+		return nil // keys are checked at unseal
+	}
 	var bad int
 	for _, k := range a.keys.List() {
-		if a.keys.Usable(k, a.hsm) != nil {
+		if a.keys.Usable(k, m) != nil {
 			bad++
 		}
 	}
@@ -137,6 +180,11 @@ func (a *App) Serve(ctx context.Context) error {
 
 // ServeListener is Serve on an existing listener (tests pass 127.0.0.1:0).
 func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
+	// Unattended unseal (auto mode, or dev shares) before the first request
+	// is served; connections queue on the bound listener meanwhile.
+	if err := a.startSeal(ctx); err != nil {
+		a.log.Error("automatic unseal failed; staying sealed", zap.Error(err))
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- a.server.Serve(ln) }()
 	wctx, stopWatchdog := context.WithCancel(ctx)
@@ -147,7 +195,8 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	a.notifier.Ready()
 	a.notifier.Status("serving on " + ln.Addr().String())
 	a.log.Info("appliance serving", zap.String("addr", ln.Addr().String()), zap.String("version", a.version),
-		zap.String("mode", string(a.cfg.Mode)), zap.Int("keys", len(a.keys.List())))
+		zap.String("mode", string(a.cfg.Mode)), zap.Int("keys", len(a.keys.List())), zap.Bool("sealed", a.seal.Sealed()),
+		zap.Bool("frozen", a.seal.Frozen()))
 
 	select {
 	case err := <-errc:
@@ -166,12 +215,18 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	return <-errc
 }
 
+// Ready reports whether the appliance is serving (sealed or not).
+func (a *App) Ready() bool { return a.ready.Load() }
+
 // Close releases the HSM and the store. It is safe on a partly built App.
 func (a *App) Close() {
 	var errs []error
+	a.mu.Lock()
 	if a.hsm != nil {
 		errs = append(errs, a.hsm.Close())
+		a.hsm = nil
 	}
+	a.mu.Unlock()
 	if a.store != nil {
 		errs = append(errs, a.store.Close())
 	}

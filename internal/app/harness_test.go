@@ -64,6 +64,7 @@ tls: {cert: %[1]s/server.crt, key: %[1]s/server.key, client_ca: %[1]s/ca.crt}
 hsm: {uri: %[2]q, pool_size: 4, acquire_timeout: 2s}
 store: {path: %[3]s/appliance.db}
 log: {level: debug}
+seal: {auto_unseal: true}
 principals:
   - {name: %[4]sclient, roles: [client], keys: [eth-dev, eth-other]}
   - {name: %[4]sofficer1, roles: [officer]}
@@ -78,7 +79,7 @@ principals:
 	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
 	// Whatever a test did, the PIN never reached a log line (debug included).
 	t.Cleanup(func() { e.assertNotLogged(string(pin)) })
-	if _, err := CreateKey(context.Background(), cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}); err != nil {
+	if _, err := CreateKey(context.Background(), cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	return e
@@ -115,6 +116,13 @@ func (e *env) start() {
 	e.url = "https://" + ln.Addr().String()
 	go func() { e.done <- a.ServeListener(ctx, ln) }()
 	e.t.Cleanup(e.stop)
+	deadline := time.Now().Add(30 * time.Second)
+	for !a.Ready() {
+		if time.Now().After(deadline) {
+			e.t.Fatal("appliance not ready within 30s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func (e *env) stop() {

@@ -59,8 +59,11 @@ func (s *KeySpec) check() error {
 }
 
 // CreateKey generates a key inside the HSM and registers it with its pinned
-// public key and address. The private key never leaves the token.
-func CreateKey(ctx context.Context, cfg *config.Config, log *zap.Logger, spec KeySpec) (store.Key, error) {
+// public key and address: the local path for init and dev (a running
+// appliance creates keys by quorum proposal). The HSM is opened with the PIN
+// reconstructed from shareFiles, or with the URI's pin-source when none are
+// given (auto-unseal deployments).
+func CreateKey(ctx context.Context, cfg *config.Config, log *zap.Logger, spec KeySpec, shareFiles []string) (store.Key, error) {
 	if err := spec.check(); err != nil {
 		return store.Key{}, err
 	}
@@ -77,11 +80,36 @@ func CreateKey(ctx context.Context, cfg *config.Config, log *zap.Logger, spec Ke
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return store.Key{}, err
 	}
-	m, err := OpenHSM(ctx, cfg, log)
+	var pin []byte
+	if len(shareFiles) > 0 {
+		if pin, err = PINFromShares(ctx, st, shareFiles); err != nil {
+			return store.Key{}, err
+		}
+		defer clear(pin)
+	}
+	m, err := OpenHSM(ctx, cfg, log, pin)
 	if err != nil {
 		return store.Key{}, err
 	}
 	defer m.Close()
+	k, err := generateKey(ctx, m, spec)
+	if err != nil {
+		return store.Key{}, err
+	}
+	if err := st.InsertKey(ctx, k); err != nil {
+		return store.Key{}, fmt.Errorf("register key (it exists on the token as CKA_ID %x, unregistered): %w", k.CKAID, err)
+	}
+	log.Info("key created", zap.String("key_id", k.ID), zap.String("algorithm", k.Algorithm),
+		zap.String("chain", k.Chain), zap.String("network", k.Network), zap.String("address", k.Address))
+	return st.GetKey(ctx, k.ID)
+}
+
+// generateKey checks spec, generates the key in the token and returns its
+// registry record (not yet stored).
+func generateKey(ctx context.Context, m *hsm.Module, spec KeySpec) (store.Key, error) {
+	if err := spec.check(); err != nil {
+		return store.Key{}, err
+	}
 	g, err := m.GenerateKey(ctx, spec.Algorithm, spec.Label)
 	if err != nil {
 		return store.Key{}, fmt.Errorf("generate %s key: %w", spec.Algorithm, err)
@@ -95,12 +123,7 @@ func CreateKey(ctx context.Context, cfg *config.Config, log *zap.Logger, spec Ke
 		}
 		k.Address = addr.Hex()
 	}
-	if err := st.InsertKey(ctx, k); err != nil {
-		return store.Key{}, fmt.Errorf("register key (it exists on the token as CKA_ID %x, unregistered): %w", g.ID, err)
-	}
-	log.Info("key created", zap.String("key_id", k.ID), zap.String("algorithm", k.Algorithm),
-		zap.String("chain", k.Chain), zap.String("network", k.Network), zap.String("address", k.Address))
-	return st.GetKey(ctx, k.ID)
+	return k, nil
 }
 
 // ListKeys returns the registry.
@@ -150,7 +173,7 @@ func Init(ctx context.Context, cfg *config.Config, log *zap.Logger, soPIN []byte
 	if err != nil {
 		return err
 	}
-	m, err := OpenHSM(ctx, cfg, log)
+	m, err := OpenHSM(ctx, cfg, log, nil)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,7 @@ func TestRegistryReconciliation(t *testing.T) {
 	ctx := context.Background()
 	// A second real key whose pinned public key is then altered in the
 	// database: what a swapped token (or a tampered registry) looks like.
-	if _, err := CreateKey(ctx, e.cfg, e.log, KeySpec{ID: "eth-other", Chain: "ethereum", Network: "1337"}); err != nil {
+	if _, err := CreateKey(ctx, e.cfg, e.log, KeySpec{ID: "eth-other", Chain: "ethereum", Network: "1337"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	db, err := sql.Open("sqlite3", e.cfg.Store.Path)

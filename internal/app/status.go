@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -17,6 +19,7 @@ type StatusBody struct {
 	Ready           bool           `json:"ready"`
 	Sealed          bool           `json:"sealed"`
 	Frozen          bool           `json:"frozen"`
+	Seal            seal.State     `json:"seal"`
 	SchemaVersion   int            `json:"schema_version"`
 	Keys            int            `json:"keys"`
 	KeysRefused     []KeyRefusal   `json:"keys_refused"`
@@ -42,8 +45,15 @@ type HSMStatus struct {
 }
 
 func (a *App) status(ctx context.Context) any {
-	h := a.hsm.Health()
-	b := StatusBody{
+	st := a.seal.State()
+	var h hsm.Health
+	m := a.currentModule()
+	if m != nil {
+		h = m.Health()
+	} else {
+		h.Reason = "sealed: the HSM is not open"
+	}
+	b := StatusBody{Sealed: st.Sealed, Frozen: st.Frozen, Seal: st,
 		Version: a.version, Mode: string(a.cfg.Mode), StartedAt: a.started.UTC(),
 		UptimeSeconds: int64(time.Since(a.started).Seconds()), Ready: a.ready.Load(),
 		KeysRefused: []KeyRefusal{}, Lists: map[string]any{},
@@ -52,9 +62,14 @@ func (a *App) status(ctx context.Context) any {
 	keys := a.keys.List()
 	b.Keys = len(keys)
 	for _, k := range keys {
-		if err := a.keys.Refused(k.ID); err != nil {
-			b.KeysRefused = append(b.KeysRefused, KeyRefusal{ID: k.ID, Reason: signing.RefusalText(err)})
-		} else if err := a.hsm.KeyError(k.CKAID); err != nil {
+		if m == nil {
+			break // keys are checked against the token at unseal
+		}
+		err := a.keys.Refused(k.ID)
+		if err == nil {
+			err = m.KeyError(k.CKAID)
+		}
+		if err != nil {
 			b.KeysRefused = append(b.KeysRefused, KeyRefusal{ID: k.ID, Reason: signing.RefusalText(err)})
 		}
 	}

@@ -35,7 +35,24 @@ type Config struct {
 	Store      Store       `yaml:"store"`
 	Log        Log         `yaml:"log"`
 	HTTP       HTTP        `yaml:"http"`
+	Seal       Seal        `yaml:"seal"`
 	Principals []Principal `yaml:"principals"`
+}
+
+// Seal configures unsealing, freezing and governance.
+type Seal struct {
+	// AutoUnseal takes the HSM PIN without a quorum: from
+	// $CREDENTIALS_DIRECTORY/<Credential> under systemd, else from hsm.uri's
+	// pin-source. Off by default; shown in /v1/status and logged at start.
+	AutoUnseal bool   `yaml:"auto_unseal"`
+	Credential string `yaml:"credential"`
+	// ProgressTTL bounds one unseal attempt: collected shares are dropped after it.
+	ProgressTTL Duration `yaml:"progress_ttl"`
+	// ProposalTTL is how long a governance proposal can collect approvals.
+	ProposalTTL Duration `yaml:"proposal_ttl"`
+	// DevUnsealShares (mode dev only): share files submitted at start, so a
+	// developer's instance comes up unsealed. Refused in production.
+	DevUnsealShares []string `yaml:"dev_unseal_shares"`
 }
 
 // TLS names the server certificate and the CA that client certificates must
@@ -173,6 +190,15 @@ func (c *Config) applyDefaults() {
 			c.Log.Format = "console"
 		}
 	}
+	if c.Seal.Credential == "" {
+		c.Seal.Credential = "hsm-pin"
+	}
+	if c.Seal.ProgressTTL == 0 {
+		c.Seal.ProgressTTL = Duration(10 * time.Minute)
+	}
+	if c.Seal.ProposalTTL == 0 {
+		c.Seal.ProposalTTL = Duration(24 * time.Hour)
+	}
 	h := &c.HTTP
 	if h.ReadTimeout == 0 {
 		h.ReadTimeout = Duration(10 * time.Second)
@@ -223,6 +249,9 @@ func (c *Config) validate() error {
 	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 64<<20 {
 		bad("http.max_body_bytes: %d is outside 1 KiB..64 MiB", c.HTTP.MaxBodyBytes)
 	}
+	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
+		bad("seal.dev_unseal_shares is only allowed in mode dev")
+	}
 	seen := map[string]bool{}
 	for i, p := range c.Principals {
 		if p.Name == "" {
@@ -246,6 +275,12 @@ func (c *Config) validate() error {
 
 func (c *Config) resolvePaths(dir string) {
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	for i := range c.Seal.DevUnsealShares {
+		p := &c.Seal.DevUnsealShares[i]
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

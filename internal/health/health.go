@@ -6,6 +6,7 @@ package health
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -16,6 +17,15 @@ const (
 	StatusDegraded = "degraded"
 	StatusDown     = "down"
 )
+
+// Degraded wraps err so that even a critical check counts only as degraded:
+// for intended states such as "sealed" or "frozen", in which the appliance
+// is working as designed and must not be restarted by the watchdog.
+func Degraded(err error) error { return degradedError{err} }
+
+type degradedError struct{ error }
+
+func (d degradedError) Unwrap() error { return d.error }
 
 // Check is one named probe. Critical probes failing make the appliance
 // "down"; others make it "degraded".
@@ -88,7 +98,8 @@ func (c *Checker) runLocked(ctx context.Context) Report {
 			continue
 		}
 		r.Checks[ch.Name] = Result{OK: false, Detail: err.Error()}
-		if ch.Critical {
+		var d degradedError
+		if ch.Critical && !errors.As(err, &d) {
 			r.Status = StatusDown
 		} else if r.Status == StatusOK {
 			r.Status = StatusDegraded

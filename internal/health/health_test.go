@@ -25,6 +25,7 @@ func TestCheckerStatuses(t *testing.T) {
 	}{
 		{"all pass", []Check{{Name: "a", Critical: true, Probe: ok}, {Name: "b", Probe: ok}}, StatusOK},
 		{"non-critical fails", []Check{{Name: "a", Critical: true, Probe: ok}, {Name: "b", Probe: bad}}, StatusDegraded},
+		{"critical check degraded on purpose", []Check{{Name: "hsm", Critical: true, Probe: func(context.Context) error { return Degraded(fail) }}}, StatusDegraded},
 		{"critical fails", []Check{{Name: "a", Critical: true, Probe: bad}, {Name: "b", Probe: bad}}, StatusDown},
 	}
 	for _, tc := range cases {

@@ -28,39 +28,74 @@ type KeyChecker interface {
 	KeyError(id []byte) error
 }
 
-// Keyring is the key registry loaded at start and reconciled with the token:
-// a key missing from the token, or whose public key differs from the pinned
-// one, is refused service with the reason.
+// Keyring is the key registry, loaded from the store at start and
+// reconciled with the token at every unseal: a key missing from the token,
+// or whose public key differs from the pinned one, is refused service with
+// the reason.
 type Keyring struct {
 	mu      sync.RWMutex
 	keys    map[string]*Key
-	refused map[string]error // reason found at reconciliation
+	refused map[string]error // reason found at the last reconciliation
 }
 
-// LoadKeyring reads every registered key and checks each against the token.
+// errNotReconciled refuses keys until the HSM has been opened and checked.
+var errNotReconciled = fmt.Errorf("not yet checked against the token: %w", hsm.ErrUnavailable)
+
+// LoadKeyring reads every registered key. Keys are refused until Reconcile.
 func LoadKeyring(ctx context.Context, st interface {
 	ListKeys(context.Context) ([]store.Key, error)
-}, h KeyChecker, log *zap.Logger) (*Keyring, error) {
+}) (*Keyring, error) {
 	list, err := st.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("load key registry: %w", err)
 	}
 	kr := &Keyring{keys: make(map[string]*Key, len(list)), refused: map[string]error{}}
-	pins := make([]hsm.PinnedKey, 0, len(list))
 	for _, k := range list {
-		key := &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm)}}
-		kr.keys[k.ID] = key
-		if err := h.CheckKey(ctx, key.Ref, k.PublicKey); err != nil {
-			kr.refused[k.ID] = err
+		kr.keys[k.ID] = newKey(k)
+		kr.refused[k.ID] = errNotReconciled
+	}
+	return kr, nil
+}
+
+func newKey(k store.Key) *Key {
+	return &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm)}}
+}
+
+// Reconcile checks every key against the token and pins the good ones so
+// that the HSM re-checks them after every reconnect.
+func (kr *Keyring) Reconcile(ctx context.Context, h KeyChecker, log *zap.Logger) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	pins := make([]hsm.PinnedKey, 0, len(kr.keys))
+	for id, key := range kr.keys {
+		if err := h.CheckKey(ctx, key.Ref, key.PublicKey); err != nil {
+			kr.refused[id] = err
 			log.Error("key refused service: it does not reconcile with the token",
-				zap.String("key_id", k.ID), zap.String("label", k.Label), zap.Error(err))
+				zap.String("key_id", id), zap.String("label", key.Label), zap.Error(err))
 			continue
 		}
-		pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: k.PublicKey})
+		delete(kr.refused, id)
+		pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})
 	}
 	h.SetPinnedKeys(pins)
-	log.Info("key registry reconciled", zap.Int("keys", len(list)), zap.Int("refused", len(kr.refused)))
-	return kr, nil
+	log.Info("key registry reconciled", zap.Int("keys", len(kr.keys)), zap.Int("refused", len(kr.refused)))
+}
+
+// Add registers a key that was just generated and checked (a quorum's
+// create_key), pinning it on h.
+func (kr *Keyring) Add(k store.Key, h KeyChecker) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	key := newKey(k)
+	kr.keys[k.ID] = key
+	delete(kr.refused, k.ID)
+	pins := make([]hsm.PinnedKey, 0, len(kr.keys))
+	for id, key := range kr.keys {
+		if kr.refused[id] == nil {
+			pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})
+		}
+	}
+	h.SetPinnedKeys(pins)
 }
 
 // Get returns the key or a not_found API error.

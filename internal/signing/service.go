@@ -31,6 +31,12 @@ type Signer interface {
 	KeyError(id []byte) error
 }
 
+// Gate admits signers while the appliance is unsealed and not frozen; the
+// release func is called once the outcome is recorded.
+type Gate interface {
+	Enter() (release func(), err error)
+}
+
 // Store is the part of the store the service uses.
 type Store interface {
 	CreateRequest(ctx context.Context, r store.Request, hook func(*store.Tx, *store.Request) error) (store.Request, bool, error)
@@ -60,19 +66,21 @@ type Result struct {
 // Service signs requests. It is safe for concurrent use.
 type Service struct {
 	store    Store
-	hsm      Signer
+	gate     Gate
+	hsm      func() Signer // the unsealed HSM, nil while sealed
 	keys     *Keyring
 	log      *zap.Logger
 	inflight singleflight.Group
 	now      func() time.Time
 }
 
-// New returns a Service. Every dependency is required.
-func New(st Store, h Signer, keys *Keyring, log *zap.Logger) (*Service, error) {
-	if st == nil || h == nil || keys == nil || log == nil {
-		return nil, errors.New("signing: store, hsm, keyring and logger are required")
+// New returns a Service. Every dependency is required; h returns the HSM
+// while the appliance is unsealed.
+func New(st Store, gate Gate, h func() Signer, keys *Keyring, log *zap.Logger) (*Service, error) {
+	if st == nil || gate == nil || h == nil || keys == nil || log == nil {
+		return nil, errors.New("signing: store, gate, hsm, keyring and logger are required")
 	}
-	return &Service{store: st, hsm: h, keys: keys, log: log, now: time.Now}, nil
+	return &Service{store: st, gate: gate, hsm: h, keys: keys, log: log, now: time.Now}, nil
 }
 
 // Sign decodes, records, signs and records again. Errors are *apierr.Error.
@@ -87,7 +95,18 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 	if !p.Granted(key.ID) {
 		return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
 	}
-	if err := s.keys.Usable(key, s.hsm); err != nil {
+	// The gate is held until the outcome is recorded: a freeze waits for
+	// this request to finish, and no request enters after it.
+	release, err := s.gate.Enter()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	h := s.hsm()
+	if h == nil {
+		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "the appliance is sealed")
+	}
+	if err := s.keys.Usable(key, h); err != nil {
 		return nil, err
 	}
 	if !strings.EqualFold(req.Chain, key.Chain) {
@@ -98,20 +117,20 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 		return nil, err
 	}
 	if req.IdempotencyKey == "" {
-		return s.run(ctx, p, key, req, prep)
+		return s.run(ctx, h, p, key, req, prep)
 	}
 	// Duplicates in flight in this process wait for the first and then
 	// replay its recorded answer, so a request is never signed twice
 	// concurrently.
 	flight := p.Name + "\x00" + req.IdempotencyKey
-	v, err, _ := s.inflight.Do(flight, func() (any, error) { return s.run(ctx, p, key, req, prep) })
+	v, err, _ := s.inflight.Do(flight, func() (any, error) { return s.run(ctx, h, p, key, req, prep) })
 	if err != nil {
 		return nil, err
 	}
 	return v.(*Result), nil
 }
 
-func (s *Service) run(ctx context.Context, p *access.Principal, key *Key, req Request, prep *prepared) (*Result, error) {
+func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *Key, req Request, prep *prepared) (*Result, error) {
 	rec, created, err := s.store.CreateRequest(ctx, store.Request{
 		Principal:      p.Name,
 		IdempotencyKey: req.IdempotencyKey,
@@ -128,13 +147,13 @@ func (s *Service) run(ctx context.Context, p *access.Principal, key *Key, req Re
 		return nil, apierr.Internal(fmt.Errorf("record request: %w", err))
 	}
 	if !created {
-		return s.replay(ctx, rec, key, prep)
+		return s.replay(ctx, h, rec, key, prep)
 	}
-	return s.sign(ctx, rec, key, prep)
+	return s.sign(ctx, h, rec, key, prep)
 }
 
 // replay answers a repeated idempotency key.
-func (s *Service) replay(ctx context.Context, rec store.Request, key *Key, prep *prepared) (*Result, error) {
+func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *Key, prep *prepared) (*Result, error) {
 	if rec.KeyID != key.ID || string(rec.PayloadHash) != string(prep.payloadHash) {
 		return nil, apierr.New(http.StatusConflict, apierr.CodeIdempotencyConflict,
 			"idempotency key %q was used for a different request (%s)", rec.IdempotencyKey, rec.ID)
@@ -146,18 +165,18 @@ func (s *Service) replay(ctx context.Context, rec store.Request, key *Key, prep 
 		if err := s.store.RestartRequest(ctx, rec.ID); err != nil {
 			return nil, apierr.Internal(fmt.Errorf("restart request %s: %w", rec.ID, err))
 		}
-		return s.sign(ctx, rec, key, prep)
+		return s.sign(ctx, h, rec, key, prep)
 	case store.StateSigning:
 		// Left behind by a process that stopped mid-sign: no signature was
 		// ever returned for it, so signing it now is the first answer.
-		return s.sign(ctx, rec, key, prep)
+		return s.sign(ctx, h, rec, key, prep)
 	default:
 		return nil, apierr.New(http.StatusConflict, apierr.CodeIdempotencyConflict, "request %s is %s", rec.ID, rec.State)
 	}
 }
 
-func (s *Service) sign(ctx context.Context, rec store.Request, key *Key, prep *prepared) (*Result, error) {
-	signedTx, txHash, err := prep.sign(ctx, s.hsm, key)
+func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Key, prep *prepared) (*Result, error) {
+	signedTx, txHash, err := prep.sign(ctx, h, key)
 	if err != nil {
 		ae := apierr.From(err)
 		// A fresh context: the caller's may be cancelled, the record must still say what happened.

@@ -36,17 +36,19 @@ const keyColumns = `id, label, cka_id, algorithm, chain, network, public_key, ad
 // ErrConflict; a missing id, CKA_ID or public key, or an unknown algorithm,
 // wraps ErrInvalid. A zero CreatedAt is set to now.
 func (s *Store) InsertKey(ctx context.Context, k Key) error {
+	return s.WriteTx(ctx, func(tx *Tx) error { return InsertKeyTx(ctx, tx, k) })
+}
+
+// InsertKeyTx registers a key inside tx (a quorum's create_key).
+func InsertKeyTx(ctx context.Context, tx *Tx, k Key) error {
 	if err := validKey(k); err != nil {
 		return err
 	}
 	if k.CreatedAt.IsZero() {
-		k.CreatedAt = s.now()
+		k.CreatedAt = time.Now()
 	}
-	err := s.WriteTx(ctx, func(tx *Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			k.ID, k.Label, k.CKAID, k.Algorithm, k.Chain, k.Network, k.PublicKey, k.Address, k.CreatedAt.UTC().UnixNano())
-		return err
-	})
+	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Label, k.CKAID, k.Algorithm, k.Chain, k.Network, k.PublicKey, k.Address, k.CreatedAt.UTC().UnixNano())
 	if isUnique(err) {
 		return fmt.Errorf("store: key %q: id or CKA_ID already registered: %w", k.ID, ErrConflict)
 	}

@@ -1,0 +1,202 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/custodysigner/appliance/internal/app"
+	"github.com/custodysigner/appliance/internal/client"
+)
+
+// clientFlags binds the connection flags shared by the officer commands.
+func clientFlags(fs *flag.FlagSet, o *client.Options) {
+	fs.StringVar(&o.URL, "url", "", "appliance URL (APPLIANCE_URL; default https://127.0.0.1:8443)")
+	fs.StringVar(&o.Cert, "tls-cert", "", "your client certificate (APPLIANCE_CERT)")
+	fs.StringVar(&o.Key, "tls-key", "", "its private key (APPLIANCE_KEY)")
+	fs.StringVar(&o.CA, "ca", "", "CA of the appliance's server certificate (APPLIANCE_CA)")
+}
+
+func newClient(name string, args []string, bind func(*flag.FlagSet)) (*client.Client, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var o client.Options
+	clientFlags(fs, &o)
+	if bind != nil {
+		bind(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, usageError{fmt.Sprintf("%s: %v", name, err)}
+	}
+	o.FromEnv()
+	return client.New(o)
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// unsealCmd submits one share read from a file (never from the command
+// line, where it would land in shell history and the process list).
+func unsealCmd(args []string, out io.Writer) error {
+	var shareFile string
+	c, err := newClient("unseal", args, func(fs *flag.FlagSet) { fs.StringVar(&shareFile, "share-file", "", "your share") })
+	if err != nil {
+		return err
+	}
+	if shareFile == "" {
+		return usageError{"unseal: --share-file is required"}
+	}
+	raw, err := os.ReadFile(shareFile)
+	if err != nil {
+		return err
+	}
+	body := map[string]string{"share": strings.TrimSpace(string(raw))}
+	clear(raw)
+	var res map[string]any
+	err = c.Do(context.Background(), "POST", "/v1/unseal", body, &res)
+	body["share"] = ""
+	if err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func freezeCmd(args []string, out io.Writer) error {
+	var reason string
+	c, err := newClient("freeze", args, func(fs *flag.FlagSet) { fs.StringVar(&reason, "reason", "", "why (recorded)") })
+	if err != nil {
+		return err
+	}
+	if reason == "" {
+		return usageError{"freeze: --reason is required"}
+	}
+	var res map[string]any
+	if err := c.Do(context.Background(), "POST", "/v1/freeze", map[string]string{"reason": reason}, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+func proposeCmd(args []string, out io.Writer) error {
+	var kind, params string
+	c, err := newClient("propose", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&kind, "kind", "", "unfreeze, create_key, grant_key, revoke_key, add_principal, remove_principal, add_officer, remove_officer")
+		fs.StringVar(&params, "params", "{}", "parameters as JSON")
+	})
+	if err != nil {
+		return err
+	}
+	var res map[string]any
+	body := map[string]any{"kind": kind, "params": json.RawMessage(params)}
+	if err := c.Do(context.Background(), "POST", "/v1/proposals", body, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+type proposal struct {
+	ID                string          `json:"proposal_id"`
+	Kind              string          `json:"kind"`
+	Params            json.RawMessage `json:"params"`
+	State             string          `json:"state"`
+	Proposer          string          `json:"proposer"`
+	Digest            string          `json:"digest"`
+	ApprovalsRequired int             `json:"approvals_required"`
+	Approvals         []struct {
+		Officer string `json:"officer"`
+	} `json:"approvals"`
+	ExpiresAt string `json:"expires_at"`
+	Result    string `json:"result"`
+}
+
+// approveCmd shows what is being approved, in words, and signs its digest
+// with the officer's Ed25519 approval key.
+func approveCmd(args []string, in io.Reader, out io.Writer) error {
+	var id, keyFile string
+	var yes bool
+	c, err := newClient("approve", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&id, "request", "", "proposal id")
+		fs.StringVar(&keyFile, "key", "", "your Ed25519 approval key (PKCS#8 PEM)")
+		fs.BoolVar(&yes, "yes", false, "do not ask for confirmation")
+	})
+	if err != nil {
+		return err
+	}
+	if id == "" || keyFile == "" {
+		return usageError{"approve: --request and --key are required"}
+	}
+	priv, err := app.LoadApprovalKey(keyFile)
+	if err != nil {
+		return err
+	}
+	defer clear(priv)
+	ctx := context.Background()
+	var p proposal
+	if err := c.Do(ctx, "GET", "/v1/proposals/"+id, nil, &p); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Proposal %s by %s\n  %s\n  state %s, %d of %d approvals, expires %s\n  digest %s\n",
+		p.ID, p.Proposer, describe(p.Kind, p.Params), p.State, len(p.Approvals), p.ApprovalsRequired, p.ExpiresAt, p.Digest)
+	if !yes {
+		fmt.Fprint(out, "Approve? Type yes: ")
+		var answer string
+		if _, err := fmt.Fscanln(in, &answer); err != nil || answer != "yes" {
+			return fmt.Errorf("not approved")
+		}
+	}
+	digest, err := hex.DecodeString(p.Digest)
+	if err != nil {
+		return fmt.Errorf("digest from the appliance: %w", err)
+	}
+	sig := ed25519.Sign(priv, digest)
+	var res proposal
+	if err := c.Do(ctx, "POST", "/v1/proposals/"+id+"/approvals", map[string]string{"signature": base64.StdEncoding.EncodeToString(sig)}, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "approved: %s is %s (%d of %d)%s\n", res.ID, res.State, len(res.Approvals), res.ApprovalsRequired, suffix(res.Result))
+	return nil
+}
+
+func suffix(result string) string {
+	if result == "" {
+		return ""
+	}
+	return ": " + result
+}
+
+// describe puts a proposal in words.
+func describe(kind string, raw json.RawMessage) string {
+	var m map[string]any
+	_ = json.Unmarshal(raw, &m)
+	s := func(k string) string { v, _ := m[k].(string); return v }
+	switch kind {
+	case "unfreeze":
+		return "UNFREEZE the appliance (reason: " + s("reason") + ")"
+	case "create_key":
+		return fmt.Sprintf("CREATE KEY %q (%s %s %s) in the HSM", s("id"), s("algorithm"), s("chain"), s("network"))
+	case "grant_key":
+		return fmt.Sprintf("GRANT key %q to %s", s("key_id"), s("principal"))
+	case "revoke_key":
+		return fmt.Sprintf("REVOKE key %q from %s", s("key_id"), s("principal"))
+	case "add_principal":
+		return fmt.Sprintf("ADD PRINCIPAL %s with roles %v and keys %v", s("name"), m["roles"], m["keys"])
+	case "remove_principal":
+		return "REMOVE PRINCIPAL " + s("name")
+	case "add_officer":
+		return "ADD OFFICER " + s("name") + " with a new approval key"
+	case "remove_officer":
+		return "REMOVE OFFICER " + s("name")
+	default:
+		return kind + " " + string(raw)
+	}
+}

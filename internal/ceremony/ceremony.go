@@ -1,0 +1,79 @@
+// Package ceremony implements the key ceremony behind sealing: creating
+// the unseal secret and its officer shares at init, the share text format,
+// deriving the HSM PIN and the stored verifier, and collecting shares
+// towards the threshold at unseal.
+package ceremony
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/custodysigner/appliance/internal/shamir"
+)
+
+// ErrInvalidThreshold reports a k-of-n outside 2 ≤ k ≤ n ≤ 255.
+var ErrInvalidThreshold = errors.New("ceremony: invalid threshold")
+
+// Ceremony is the outcome of init: the shares to hand out, one per
+// officer, and the verifier to store. Secret is the live unseal secret,
+// needed to set the HSM PIN once; the caller destroys it afterwards.
+type Ceremony struct {
+	ID        [8]byte
+	Threshold int
+	Total     int
+	Shares    []Share // Shares[i] has Index i+1
+	Verifier  []byte  // not secret: store it to check combinations at unseal
+	Secret    *Secret
+}
+
+// NewCeremony makes a random 256-bit unseal secret, splits it k-of-n and
+// returns the shares, a random ceremony id and the verifier; the caller
+// writes the shares to files, stores the verifier, derives and sets the
+// PIN, then calls Secret.Destroy.
+func NewCeremony(k, n int) (*Ceremony, error) {
+	if k < shamir.MinThreshold || n < k || n > shamir.MaxShares {
+		return nil, fmt.Errorf("%w: %d of %d (want 2 ≤ k ≤ n ≤ 255)", ErrInvalidThreshold, k, n)
+	}
+	c := &Ceremony{Threshold: k, Total: n}
+	if _, err := rand.Read(c.ID[:]); err != nil {
+		return nil, fmt.Errorf("ceremony: reading randomness: %w", err)
+	}
+	secret := newSecret(c.ID)
+	st := secret.st
+	if _, err := rand.Read(st.buf); err != nil {
+		secret.Destroy()
+		return nil, fmt.Errorf("ceremony: reading randomness: %w", err)
+	}
+	raw, err := shamir.Split(st.buf, n, k)
+	if err != nil {
+		secret.Destroy()
+		return nil, fmt.Errorf("ceremony: splitting secret: %w", err)
+	}
+	c.Shares = make([]Share, n)
+	for i, r := range raw {
+		c.Shares[i] = Share{
+			Version:    ShareVersion,
+			CeremonyID: c.ID,
+			Index:      r[len(r)-1],
+			Threshold:  byte(k),
+			Total:      byte(n),
+			Data:       r[:len(r)-1],
+		}
+	}
+	c.Verifier = secret.Verifier()
+	c.Secret = secret
+	return c, nil
+}
+
+// String names the ceremony without any share data.
+func (c Ceremony) String() string {
+	return fmt.Sprintf("ceremony(%x, %d of %d)", c.ID[:], c.Threshold, c.Total)
+}
+
+// GoString is String, so %#v cannot dump shares either.
+func (c Ceremony) GoString() string { return c.String() }
+
+// Format makes every verb print String.
+func (c Ceremony) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, c.String()) }

@@ -1,0 +1,171 @@
+package ceremony
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"golang.org/x/crypto/hkdf"
+)
+
+// SecretSize is the length of the unseal secret: 256 bits.
+const SecretSize = 32
+
+// HKDF info labels. Distinct labels make the PIN and the verifier
+// independent: the stored verifier reveals nothing about the PIN.
+const (
+	pinInfo      = "custodysigner/appliance/v1/hsm-user-pin"
+	verifierInfo = "custodysigner/appliance/v1/verifier"
+)
+
+// derivedSize is the length of the PIN key and of the verifier.
+const derivedSize = 32
+
+// Secret holds the unseal secret in memory that Destroy zeroes. On Linux it
+// lives outside the Go heap, mlock'ed and excluded from core dumps (best
+// effort). It never prints: every fmt verb gives "[redacted]".
+//
+// A Secret is safe for concurrent use. After Destroy, DerivePIN and
+// Verifier return nil and Verify returns false.
+type Secret struct {
+	// The state sits behind a pointer so that even printing a copied
+	// Secret value with a formatter-less path shows an address, not bytes.
+	st *secretState
+}
+
+type secretState struct {
+	mu         sync.Mutex
+	ceremonyID [8]byte // HKDF salt, so two ceremonies never share a PIN
+	buf        []byte  // nil once destroyed
+	release    func()
+	cleanup    runtime.Cleanup
+}
+
+// newSecret allocates a zeroed secret for the given ceremony. If the
+// caller forgets Destroy, a cleanup zeroes and frees the buffer once the
+// secret is unreachable.
+func newSecret(ceremonyID [8]byte) *Secret {
+	buf, release := allocSecret(SecretSize)
+	st := &secretState{ceremonyID: ceremonyID, buf: buf, release: release}
+	st.cleanup = runtime.AddCleanup(st, func(release func()) { release() }, release)
+	return &Secret{st: st}
+}
+
+// heapSecret is the fallback buffer when no better memory is available.
+func heapSecret(size int) ([]byte, func()) {
+	buf := make([]byte, size)
+	return buf, func() { clear(buf) }
+}
+
+// Destroy zeroes and frees the secret. It is idempotent.
+func (s *Secret) Destroy() {
+	st := s.state()
+	if st == nil {
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.buf == nil {
+		return
+	}
+	st.cleanup.Stop()
+	st.release()
+	st.buf, st.release = nil, nil
+}
+
+// DerivePIN derives the HSM user PIN: HKDF-SHA256 over the secret with the
+// ceremony id as salt and the "…/v1/hsm-user-pin" label, 32 bytes rendered
+// as 64 lowercase hex characters (SoftHSM PINs are printable, at most 255).
+// The caller zeroes the returned slice when done; nil after Destroy.
+func (s *Secret) DerivePIN() []byte {
+	st := s.state()
+	if st == nil {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.buf == nil {
+		return nil
+	}
+	raw := st.derive(pinInfo)
+	defer clear(raw)
+	pin := make([]byte, 2*len(raw))
+	for i, b := range raw {
+		pin[2*i] = hexDigit(b >> 4)
+		pin[2*i+1] = hexDigit(b & 0x0f)
+	}
+	return pin
+}
+
+// Verifier derives the value stored at init to recognise the secret at
+// unseal: HKDF-SHA256 with the "…/v1/verifier" label, 32 bytes. It is
+// safe to store; nil after Destroy.
+func (s *Secret) Verifier() []byte {
+	st := s.state()
+	if st == nil {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.buf == nil {
+		return nil
+	}
+	return st.derive(verifierInfo)
+}
+
+// Verify reports, in constant time, whether verifier belongs to this secret.
+func (s *Secret) Verify(verifier []byte) bool {
+	st := s.state()
+	if st == nil {
+		return false
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.buf == nil {
+		return false
+	}
+	own := st.derive(verifierInfo)
+	defer clear(own)
+	return subtle.ConstantTimeCompare(own, verifier) == 1
+}
+
+// state returns the shared state, nil for a nil or zero Secret, which
+// then behaves as destroyed.
+func (s *Secret) state() *secretState {
+	if s == nil {
+		return nil
+	}
+	return s.st
+}
+
+// derive expands the secret under label; st.mu must be held.
+func (st *secretState) derive(label string) []byte {
+	out := make([]byte, derivedSize)
+	r := hkdf.New(sha256.New, st.buf, st.ceremonyID[:], []byte(label))
+	if _, err := io.ReadFull(r, out); err != nil {
+		// HKDF-SHA256 yields up to 8160 bytes; 32 cannot fail.
+		panic("ceremony: hkdf: " + err.Error())
+	}
+	return out
+}
+
+// hexDigit renders a nibble as lowercase hex without a lookup table or a
+// branch, so the PIN's characters do not leak through cache or timing.
+func hexDigit(v byte) byte {
+	// (9 − v) >> 8 is all ones exactly when v > 9; then skip from ':' to 'a'.
+	over := byte((9 - int(v)) >> 8)
+	return '0' + v + (over & ('a' - '0' - 10))
+}
+
+// String never reveals the secret. String, GoString and Format have value
+// receivers so that Secret and *Secret both redact under every verb.
+func (Secret) String() string { return "[redacted]" }
+
+// GoString never reveals the secret.
+func (Secret) GoString() string { return "[redacted]" }
+
+// Format makes every fmt verb print "[redacted]".
+func (Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, "[redacted]") }

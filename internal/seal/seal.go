@@ -1,0 +1,337 @@
+// Package seal keeps the appliance's two safety states. Sealed: the HSM is
+// not logged in, because the PIN exists only while a quorum of officers'
+// shares is combined (or, in the explicit auto-unseal mode, in a systemd
+// credential). Frozen: one officer stopped all signing; it survives restarts
+// and only a quorum proposal lifts it.
+//
+// Signers pass through a gate (Enter) that they hold across check, HSM
+// signature and record. Freeze takes the gate exclusively, so when Freeze
+// returns, every signature either was recorded before it or will be refused.
+package seal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/ceremony"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// Unsealer opens and closes the HSM side of the appliance.
+type Unsealer interface {
+	// Unseal logs in with pin, checks every key against its pinned public
+	// key and makes signing possible. It must not keep pin.
+	Unseal(ctx context.Context, pin []byte) error
+	// Seal logs out and closes every HSM session.
+	Seal()
+}
+
+// Store is what the manager persists through.
+type Store interface {
+	GetCeremony(ctx context.Context) (store.Ceremony, error)
+	GetFreeze(ctx context.Context) (store.FreezeState, error)
+	WriteTx(ctx context.Context, fn func(tx *store.Tx) error) error
+	RecordEvent(ctx context.Context, kind, principal, detail string) error
+}
+
+// Options configure a Manager.
+type Options struct {
+	ProgressTTL time.Duration // unseal progress expires after this; default 10 minutes
+	// AutoPIN, when set, supplies the PIN for an unattended unseal at start
+	// and after an unfreeze (the systemd-credential mode). AutoSource names
+	// it for logs and /v1/status.
+	AutoPIN    func() ([]byte, error)
+	AutoSource string
+	Log        *zap.Logger
+	Now        func() time.Time
+}
+
+// State is the externally visible state.
+type State struct {
+	Sealed       bool      `json:"sealed"`
+	Frozen       bool      `json:"frozen"`
+	FrozenReason string    `json:"frozen_reason,omitempty"`
+	FrozenBy     string    `json:"frozen_by,omitempty"`
+	FrozenAt     time.Time `json:"frozen_at,omitzero"`
+	Progress     int       `json:"progress"`
+	Threshold    int       `json:"threshold"`
+	Nonce        string    `json:"nonce,omitempty"`
+	AutoUnseal   string    `json:"auto_unseal,omitempty"`
+}
+
+// Manager owns the sealed and frozen states.
+type Manager struct {
+	gate     sync.RWMutex // signers: RLock across check+sign+record; state changes: Lock
+	mu       sync.Mutex   // serialises unseal attempts and state changes
+	sealed   bool
+	freeze   store.FreezeState
+	progress *ceremony.Progress
+	cer      store.Ceremony
+	hasCer   bool
+
+	st   Store
+	u    Unsealer
+	opts Options
+	log  *zap.Logger
+}
+
+// New loads the ceremony and the persisted freeze state. The appliance
+// always starts sealed.
+func New(ctx context.Context, st Store, u Unsealer, opts Options) (*Manager, error) {
+	if st == nil || u == nil || opts.Log == nil {
+		return nil, errors.New("seal: store, unsealer and logger are required")
+	}
+	if opts.ProgressTTL <= 0 {
+		opts.ProgressTTL = 10 * time.Minute
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	m := &Manager{sealed: true, st: st, u: u, opts: opts, log: opts.Log}
+	f, err := st.GetFreeze(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.freeze = f
+	c, err := st.GetCeremony(ctx)
+	switch {
+	case err == nil:
+		m.cer, m.hasCer = c, true
+		var id [8]byte
+		copy(id[:], c.ID)
+		m.progress = ceremony.NewProgress(id, c.Threshold, c.Verifier, opts.ProgressTTL, opts.Now)
+	case errors.Is(err, store.ErrNotFound):
+		if opts.AutoPIN == nil {
+			return nil, errors.New("seal: no unseal ceremony recorded and no auto-unseal configured: run `appliance init` first")
+		}
+	default:
+		return nil, err
+	}
+	return m, nil
+}
+
+// Start performs the unattended unseal when it is configured and the
+// appliance is not frozen.
+func (m *Manager) Start(ctx context.Context) error {
+	if m.opts.AutoPIN == nil {
+		m.log.Info("sealed: waiting for officers' unseal shares", zap.Int("threshold", m.cer.Threshold))
+		return nil
+	}
+	if m.Frozen() {
+		m.log.Warn("frozen: not auto-unsealing until the quorum unfreezes", zap.String("reason", m.freeze.Reason))
+		return nil
+	}
+	return m.autoUnseal(ctx)
+}
+
+func (m *Manager) autoUnseal(ctx context.Context) error {
+	m.log.Warn("AUTO-UNSEAL: the HSM PIN is taken without a quorum", zap.String("source", m.opts.AutoSource))
+	pin, err := m.opts.AutoPIN()
+	if err != nil {
+		return fmt.Errorf("auto-unseal: %w", err)
+	}
+	defer clear(pin)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.unsealLocked(ctx, pin); err != nil {
+		return err
+	}
+	m.event(ctx, "unseal", "", "auto-unseal from "+m.opts.AutoSource)
+	return nil
+}
+
+// unsealLocked opens the HSM; m.mu is held.
+func (m *Manager) unsealLocked(ctx context.Context, pin []byte) error {
+	if err := m.u.Unseal(ctx, pin); err != nil {
+		return err
+	}
+	m.gate.Lock()
+	m.sealed = false
+	m.gate.Unlock()
+	m.log.Info("unsealed: ready to sign")
+	return nil
+}
+
+// Enter admits one signer. The caller must call release when the signature
+// is recorded (or refused). While frozen or sealed it returns the API error.
+func (m *Manager) Enter() (release func(), err error) {
+	m.gate.RLock()
+	switch {
+	case m.freeze.Frozen:
+		m.gate.RUnlock()
+		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeFrozen, "the appliance is frozen: %s", m.freeze.Reason)
+	case m.sealed:
+		m.gate.RUnlock()
+		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "the appliance is sealed: officers must unseal it")
+	}
+	return m.gate.RUnlock, nil
+}
+
+// Frozen reports the freeze flag.
+func (m *Manager) Frozen() bool {
+	m.gate.RLock()
+	defer m.gate.RUnlock()
+	return m.freeze.Frozen
+}
+
+// Sealed reports whether the HSM is locked.
+func (m *Manager) Sealed() bool {
+	m.gate.RLock()
+	defer m.gate.RUnlock()
+	return m.sealed
+}
+
+// State returns the visible state.
+func (m *Manager) State() State {
+	m.gate.RLock()
+	s := State{Sealed: m.sealed, Frozen: m.freeze.Frozen, FrozenReason: m.freeze.Reason, FrozenBy: m.freeze.By,
+		FrozenAt: m.freeze.At, Threshold: m.cer.Threshold, AutoUnseal: m.opts.AutoSource}
+	m.gate.RUnlock()
+	if m.progress != nil && s.Sealed {
+		s.Progress, s.Nonce = m.progress.Have(), m.progress.Nonce()
+	}
+	return s
+}
+
+// Progress is the answer to a share submission.
+type Progress struct {
+	Sealed    bool   `json:"sealed"`
+	Progress  int    `json:"progress"`
+	Threshold int    `json:"threshold"`
+	Nonce     string `json:"nonce,omitempty"`
+}
+
+// SubmitShare adds one officer's share. At the threshold it combines the
+// shares, checks the result against the verifier, derives the PIN and
+// unseals. The share text never reaches a log, an error or the store.
+func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progress, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.hasCer {
+		return Progress{}, apierr.New(http.StatusConflict, apierr.CodeBadRequest, "this appliance has no unseal ceremony; it unseals automatically")
+	}
+	if m.Frozen() {
+		return Progress{}, apierr.New(http.StatusServiceUnavailable, apierr.CodeFrozen, "the appliance is frozen: the quorum must unfreeze it before it can be unsealed")
+	}
+	if !m.Sealed() {
+		return Progress{Sealed: false, Threshold: m.cer.Threshold}, nil
+	}
+	secret, have, err := m.progress.Add(text)
+	if err != nil {
+		m.event(ctx, "unseal_share_refused", officer, shareRefusal(err))
+		m.log.Warn("unseal share refused", zap.String("officer", officer), zap.String("reason", shareRefusal(err)))
+		return m.progressNow(), apierr.Wrap(err, http.StatusUnprocessableEntity, apierr.CodeShareInvalid, "share refused: %s", shareRefusal(err))
+	}
+	if secret == nil {
+		m.event(ctx, "unseal_share", officer, fmt.Sprintf("progress %d of %d", have, m.cer.Threshold))
+		return m.progressNow(), nil
+	}
+	pin := secret.DerivePIN()
+	secret.Destroy()
+	defer clear(pin)
+	if err := m.unsealLocked(ctx, pin); err != nil {
+		m.event(ctx, "unseal_failed", officer, "the HSM refused the derived PIN or a key failed its check")
+		return m.progressNow(), apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "shares combined, but the HSM could not be opened")
+	}
+	m.event(ctx, "unseal", officer, fmt.Sprintf("quorum of %d shares", m.cer.Threshold))
+	return Progress{Sealed: false, Progress: 0, Threshold: m.cer.Threshold}, nil
+}
+
+func (m *Manager) progressNow() Progress {
+	return Progress{Sealed: m.Sealed(), Progress: m.progress.Have(), Threshold: m.cer.Threshold, Nonce: m.progress.Nonce()}
+}
+
+// shareRefusal is a stable, secret-free reason.
+func shareRefusal(err error) string {
+	switch {
+	case errors.Is(err, ceremony.ErrShareChecksum):
+		return "checksum mismatch"
+	case errors.Is(err, ceremony.ErrShareFormat), errors.Is(err, ceremony.ErrShareVersion):
+		return "not a share of this format"
+	case errors.Is(err, ceremony.ErrWrongCeremony):
+		return "share belongs to another ceremony"
+	case errors.Is(err, ceremony.ErrDuplicateShare):
+		return "duplicate share"
+	case errors.Is(err, ceremony.ErrProgressExpired):
+		return "unseal progress expired; start again"
+	case errors.Is(err, ceremony.ErrWrongCombination):
+		return "the shares do not combine to this appliance's secret; progress reset"
+	default:
+		return "invalid share"
+	}
+}
+
+// Freeze stops all signing at once. It waits for signers inside the gate to
+// record or refuse, persists the freeze, closes the HSM sessions, and only
+// then returns.
+func (m *Manager) Freeze(ctx context.Context, by, reason string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.gate.Lock()
+	defer m.gate.Unlock()
+	if m.freeze.Frozen {
+		return nil
+	}
+	f := store.FreezeState{Frozen: true, Reason: reason, By: by, At: m.opts.Now().UTC()}
+	err := m.st.WriteTx(ctx, func(tx *store.Tx) error {
+		if err := store.SetFreeze(ctx, tx, f); err != nil {
+			return err
+		}
+		return store.AppendEvent(ctx, tx, "freeze", by, reason)
+	})
+	// Frozen in memory even if the record failed: stopping is always safe.
+	m.freeze = f
+	if !m.sealed {
+		m.u.Seal()
+		m.sealed = true
+	}
+	if m.progress != nil {
+		m.progress.Reset()
+	}
+	m.log.Error("FROZEN: signing stopped", zap.String("by", by), zap.String("reason", reason), zap.NamedError("persist_error", err))
+	if err != nil {
+		return fmt.Errorf("frozen, but the freeze could not be recorded: %w", err)
+	}
+	return nil
+}
+
+// Unfreeze lifts the freeze inside tx (a quorum proposal's transaction).
+// The appliance stays sealed; officers unseal it again (or the auto-unseal
+// source does, through AfterUnfreeze).
+func (m *Manager) Unfreeze(ctx context.Context, tx *store.Tx, by string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := store.SetFreeze(ctx, tx, store.FreezeState{}); err != nil {
+		return err
+	}
+	if err := store.AppendEvent(ctx, tx, "unfreeze", by, "by quorum"); err != nil {
+		return err
+	}
+	m.gate.Lock()
+	m.freeze = store.FreezeState{}
+	m.gate.Unlock()
+	m.log.Warn("unfrozen by quorum; sealed until unsealed", zap.String("proposal", by))
+	return nil
+}
+
+// AfterUnfreeze runs the unattended unseal when one is configured.
+func (m *Manager) AfterUnfreeze(ctx context.Context) {
+	if m.opts.AutoPIN != nil && !m.Frozen() && m.Sealed() {
+		if err := m.autoUnseal(ctx); err != nil {
+			m.log.Error("auto-unseal after unfreeze failed", zap.Error(err))
+		}
+	}
+}
+
+func (m *Manager) event(ctx context.Context, kind, principal, detail string) {
+	if err := m.st.RecordEvent(ctx, kind, principal, detail); err != nil {
+		m.log.Error("recording event", zap.String("kind", kind), zap.Error(err))
+	}
+}
