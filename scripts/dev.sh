@@ -26,17 +26,21 @@ provision() {
   if [[ ! -f $SOFTHSM2_CONF ]]; then
     sed "s#@TOKENDIR@#$dev/hsm/tokens#" firmware-config/softhsm2.conf.in > "$SOFTHSM2_CONF"
   fi
-  # Dev PINs: random, on disk under var/dev only (production takes the PIN
-  # from the unseal quorum or a systemd credential, never from a file).
-  [[ -f $dev/hsm/user.pin ]] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dev/hsm/user.pin"
+  # The SO PIN is random and stays under var/dev. The user PIN is derived
+  # from the ceremony's unseal secret and exists nowhere at rest.
   [[ -f $dev/hsm/so.pin ]] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dev/hsm/so.pin"
   "$bin" dev pki --dir "$dev/pki"
   if [[ ! -f $dev/appliance.yaml ]]; then
     sed -e "s#@DEV@#$dev#g" -e "s#@MODULE@#$module#g" -e "s#@PORT@#$port#g" \
       firmware-config/appliance.dev.yaml.in > "$dev/appliance.yaml"
   fi
-  "$bin" init --config "$dev/appliance.yaml" --so-pin-file "$dev/hsm/so.pin"
-  "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing >/dev/null
+  # A 2-of-3 key ceremony: shares in shares/officerN.share, Ed25519 approval
+  # keys in officers/officerN.approval.key. A second run changes nothing.
+  "$bin" init --config "$dev/appliance.yaml" --so-pin-file "$dev/hsm/so.pin" --threshold 2 \
+    --officers spiffe://appliance.dev/officer1,spiffe://appliance.dev/officer2,spiffe://appliance.dev/officer3 \
+    --out "$dev" --generate-approval-keys
+  "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing \
+    --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
 }
 
 serve() {

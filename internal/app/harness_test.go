@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 // SQLite file, and the real server on a loopback port.
 type env struct {
 	t      *testing.T
+	bodies bodyLog // every HTTP answer body, for secret scans
 	dir    string
 	cfg    *config.Config
 	logs   *observer.ObservedLogs
@@ -39,6 +41,23 @@ type env struct {
 }
 
 const testPrincipalPrefix = "spiffe://appliance.dev/"
+
+type bodyLog struct {
+	mu     sync.Mutex
+	bodies [][]byte
+}
+
+func (b *bodyLog) add(p []byte) {
+	b.mu.Lock()
+	b.bodies = append(b.bodies, p)
+	b.mu.Unlock()
+}
+
+func (b *bodyLog) all() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Join(b.bodies, []byte("\n"))
+}
 
 // newEnv provisions token, PKI and config, and creates an Ethereum key
 // "eth-dev" for chain id 1337 granted to the "client" principal. It does not
@@ -215,6 +234,7 @@ func (e *env) do(c *http.Client, method, path string, body any) (answer, error) 
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
+	e.bodies.add(raw)
 	return answer{status: resp.StatusCode, body: raw, header: resp.Header}, err
 }
 
