@@ -69,8 +69,11 @@ type Deps struct {
 	Seal   Seal
 	// Governance is nil on an appliance without an officer ceremony.
 	Governance Governance
-	HTTP       config.HTTP
-	TLS        *tls.Config
+	// OnDenied, when set, hears every 403 with the principal (the automatic
+	// freeze on a burst of denials).
+	OnDenied func(principal, code string)
+	HTTP     config.HTTP
+	TLS      *tls.Config
 }
 
 // Server is the HTTPS API.
@@ -90,7 +93,7 @@ func New(d Deps) (*Server, error) {
 	}
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
-	e.HTTPErrorHandler = errorHandler(d.Log)
+	e.HTTPErrorHandler = errorHandler(d.Log, d.OnDenied)
 	s := &Server{deps: d, e: e}
 	e.Use(s.recoverer, s.requestContext, middleware.BodyLimit(bodyLimit(d.HTTP.MaxBodyBytes)))
 
@@ -248,13 +251,16 @@ func (s *Server) requireAny(roles ...access.Role) echo.MiddlewareFunc {
 }
 
 // errorHandler writes every error as the API's JSON envelope.
-func errorHandler(log *zap.Logger) echo.HTTPErrorHandler {
+func errorHandler(log *zap.Logger, onDenied func(principal, code string)) echo.HTTPErrorHandler {
 	return func(err error, c echo.Context) {
 		if c.Response().Committed {
 			return
 		}
 		ae := toAPIError(err)
 		c.Set("apierr", ae)
+		if p := principalOf(c); ae.Status == http.StatusForbidden && p != nil && onDenied != nil {
+			onDenied(p.Name, ae.Code)
+		}
 		if ae.Code == apierr.CodeRateLimited {
 			c.Response().Header().Set("Retry-After", "1")
 		}

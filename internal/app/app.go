@@ -36,6 +36,7 @@ type App struct {
 	keys     *signing.Keyring
 	access   *access.Registry
 	seal     *seal.Manager
+	trip     *seal.Tripwire
 	gov      *governance.Service // nil without an officer ceremony
 	checker  *health.Checker
 	notifier *health.Notifier
@@ -90,6 +91,9 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
+	a.trip = seal.NewTripwire(a.seal, seal.TripwireOptions{RecordFailures: cfg.Freeze.AfterRecordFailures,
+		Denials: cfg.Freeze.AfterDenials, DenialWindow: cfg.Freeze.DenialWindow.D()}, log.Named("tripwire"))
+	svc.ObserveRecords(a.trip)
 	a.checker = health.NewChecker(2*time.Second, time.Second,
 		health.Check{Name: "hsm", Critical: true, Probe: a.probeHSM},
 		health.Check{Name: "store", Critical: true, Probe: a.store.Probe},
@@ -103,6 +107,7 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		Log: log.Named("api"), Access: a.access, Signer: svc, Keys: a.keys,
 		Health: a.checker, Status: a.status, HTTP: cfg.HTTP, TLS: tlsCfg,
 		Seal: a.seal, Sealed: func() (bool, bool) { st := a.seal.State(); return st.Sealed, st.Frozen },
+		OnDenied: a.trip.Denied,
 	}
 	if a.gov != nil {
 		deps.Governance = a.gov

@@ -173,7 +173,7 @@ func (e *env) client(name string) *http.Client {
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
-	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 64}}
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 256}}
 }
 
 func (e *env) tlsConfig() *tls.Config {

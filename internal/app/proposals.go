@@ -74,6 +74,7 @@ func (a *App) After(ctx context.Context, p store.Proposal) {
 	case governance.KindUnfreeze:
 		// In the background: the approving officer's request should not wait
 		// for an HSM login.
+		a.trip.Rearm()
 		go a.seal.AfterUnfreeze(context.WithoutCancel(ctx))
 	case governance.KindCreateKey:
 		var params governance.CreateKeyParams

@@ -36,7 +36,19 @@ type Config struct {
 	Log        Log         `yaml:"log"`
 	HTTP       HTTP        `yaml:"http"`
 	Seal       Seal        `yaml:"seal"`
+	Freeze     Freeze      `yaml:"freeze"`
 	Principals []Principal `yaml:"principals"`
+}
+
+// Freeze configures the automatic freeze. Zero disables a trigger.
+type Freeze struct {
+	// AfterRecordFailures freezes after this many consecutive failures to
+	// record a request or its outcome. Default 3.
+	AfterRecordFailures int `yaml:"after_record_failures"`
+	// AfterDenials freezes after this many refusals (403) of one principal
+	// within DenialWindow. Default 20 per minute.
+	AfterDenials int      `yaml:"after_denials"`
+	DenialWindow Duration `yaml:"denial_window"`
 }
 
 // Seal configures unsealing, freezing and governance.
@@ -190,6 +202,15 @@ func (c *Config) applyDefaults() {
 			c.Log.Format = "console"
 		}
 	}
+	if c.Freeze.AfterRecordFailures == 0 {
+		c.Freeze.AfterRecordFailures = 3
+	}
+	if c.Freeze.AfterDenials == 0 {
+		c.Freeze.AfterDenials = 20
+	}
+	if c.Freeze.DenialWindow == 0 {
+		c.Freeze.DenialWindow = Duration(time.Minute)
+	}
 	if c.Seal.Credential == "" {
 		c.Seal.Credential = "hsm-pin"
 	}
@@ -248,6 +269,9 @@ func (c *Config) validate() error {
 	}
 	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 64<<20 {
 		bad("http.max_body_bytes: %d is outside 1 KiB..64 MiB", c.HTTP.MaxBodyBytes)
+	}
+	if c.Freeze.AfterRecordFailures < 0 || c.Freeze.AfterDenials < 0 {
+		bad("freeze: thresholds must be positive (use a large number to make a trigger unreachable)")
 	}
 	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
 		bad("seal.dev_unseal_shares is only allowed in mode dev")

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -68,8 +69,14 @@ type State struct {
 
 // Manager owns the sealed and frozen states.
 type Manager struct {
-	gate     sync.RWMutex // signers: RLock across check+sign+record; state changes: Lock
-	mu       sync.Mutex   // serialises unseal attempts and state changes
+	gate sync.RWMutex // signers: RLock across check+sign+record; state changes: Lock
+	mu   sync.Mutex   // serialises unseal attempts and state changes
+	// stopping is raised, and stopCtx cancelled, the moment a freeze
+	// begins: signers still waiting for an HSM session give up at once,
+	// and only signatures already under way are waited for.
+	stopping atomic.Bool
+	stopCtx  context.Context
+	stop     context.CancelFunc
 	sealed   bool
 	freeze   store.FreezeState
 	progress *ceremony.Progress
@@ -95,6 +102,7 @@ func New(ctx context.Context, st Store, u Unsealer, opts Options) (*Manager, err
 		opts.Now = time.Now
 	}
 	m := &Manager{sealed: true, st: st, u: u, opts: opts, log: opts.Log}
+	m.stopCtx, m.stop = context.WithCancel(context.Background())
 	f, err := st.GetFreeze(ctx)
 	if err != nil {
 		return nil, err
@@ -159,19 +167,44 @@ func (m *Manager) unsealLocked(ctx context.Context, pin []byte) error {
 	return nil
 }
 
-// Enter admits one signer. The caller must call release when the signature
-// is recorded (or refused). While frozen or sealed it returns the API error.
-func (m *Manager) Enter() (release func(), err error) {
+// Enter admits one signer. The caller signs with the returned context,
+// which a freeze cancels, and calls release once the outcome is recorded.
+// While frozen or sealed it returns the API error.
+func (m *Manager) Enter(ctx context.Context) (context.Context, func(), error) {
 	m.gate.RLock()
-	switch {
-	case m.freeze.Frozen:
+	if err := m.refusalLocked(); err != nil {
 		m.gate.RUnlock()
-		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeFrozen, "the appliance is frozen: %s", m.freeze.Reason)
-	case m.sealed:
-		m.gate.RUnlock()
-		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "the appliance is sealed: officers must unseal it")
+		return nil, nil, err
 	}
-	return m.gate.RUnlock, nil
+	sctx, cancel := context.WithCancel(ctx)
+	unhook := context.AfterFunc(m.stopCtx, cancel)
+	return sctx, func() {
+		unhook()
+		cancel()
+		m.gate.RUnlock()
+	}, nil
+}
+
+// Refusal returns the API error for the current state, or nil if signing is
+// allowed: how a signer whose context was cancelled learns it was a freeze.
+// Only for signers between Enter and release: they hold the gate already,
+// and taking it again would deadlock behind a waiting Freeze.
+func (m *Manager) Refusal() error {
+	return m.refusalLocked()
+}
+
+func (m *Manager) refusalLocked() error {
+	switch {
+	case m.freeze.Frozen || m.stopping.Load():
+		reason := m.freeze.Reason
+		if reason == "" {
+			reason = "freeze in progress"
+		}
+		return apierr.New(http.StatusServiceUnavailable, apierr.CodeFrozen, "the appliance is frozen: %s", reason)
+	case m.sealed:
+		return apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "the appliance is sealed: officers must unseal it")
+	}
+	return nil
 }
 
 // Frozen reports the freeze flag.
@@ -274,6 +307,10 @@ func shareRefusal(err error) string {
 func (m *Manager) Freeze(ctx context.Context, by, reason string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	// First refuse new signers and cancel those still waiting for an HSM
+	// session; then wait (the gate) for signatures already under way.
+	m.stopping.Store(true)
+	m.stop()
 	m.gate.Lock()
 	defer m.gate.Unlock()
 	if m.freeze.Frozen {
@@ -316,6 +353,8 @@ func (m *Manager) Unfreeze(ctx context.Context, tx *store.Tx, by string) error {
 	}
 	m.gate.Lock()
 	m.freeze = store.FreezeState{}
+	m.stopCtx, m.stop = context.WithCancel(context.Background())
+	m.stopping.Store(false)
 	m.gate.Unlock()
 	m.log.Warn("unfrozen by quorum; sealed until unsealed", zap.String("proposal", by))
 	return nil

@@ -31,11 +31,25 @@ type Signer interface {
 	KeyError(id []byte) error
 }
 
-// Gate admits signers while the appliance is unsealed and not frozen; the
-// release func is called once the outcome is recorded.
+// Gate admits signers while the appliance is unsealed and not frozen. The
+// returned context is cancelled when a freeze begins; release is called once
+// the outcome is recorded. Refusal says why signing is refused now, if it is.
 type Gate interface {
-	Enter() (release func(), err error)
+	Enter(ctx context.Context) (context.Context, func(), error)
+	Refusal() error
 }
+
+// RecordObserver hears whether recording succeeds (the automatic freeze
+// after repeated failures to record).
+type RecordObserver interface {
+	RecordFailed(err error)
+	RecordOK()
+}
+
+type noObserver struct{}
+
+func (noObserver) RecordFailed(error) {}
+func (noObserver) RecordOK()          {}
 
 // Store is the part of the store the service uses.
 type Store interface {
@@ -71,6 +85,7 @@ type Service struct {
 	keys     *Keyring
 	log      *zap.Logger
 	inflight singleflight.Group
+	records  RecordObserver
 	now      func() time.Time
 }
 
@@ -80,8 +95,12 @@ func New(st Store, gate Gate, h func() Signer, keys *Keyring, log *zap.Logger) (
 	if st == nil || gate == nil || h == nil || keys == nil || log == nil {
 		return nil, errors.New("signing: store, gate, hsm, keyring and logger are required")
 	}
-	return &Service{store: st, gate: gate, hsm: h, keys: keys, log: log, now: time.Now}, nil
+	return &Service{store: st, gate: gate, hsm: h, keys: keys, log: log, now: time.Now, records: noObserver{}}, nil
 }
+
+// ObserveRecords reports every record success and failure to o. Call it
+// before serving.
+func (s *Service) ObserveRecords(o RecordObserver) { s.records = o }
 
 // Sign decodes, records, signs and records again. Errors are *apierr.Error.
 func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*Result, error) {
@@ -97,11 +116,12 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 	}
 	// The gate is held until the outcome is recorded: a freeze waits for
 	// this request to finish, and no request enters after it.
-	release, err := s.gate.Enter()
+	gctx, release, err := s.gate.Enter(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
+	ctx = gctx
 	h := s.hsm()
 	if h == nil {
 		return nil, apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "the appliance is sealed")
@@ -144,6 +164,15 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		State:          store.StateSigning,
 	}, nil)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Cancelled while waiting for the writer: by a freeze, or the
+			// caller left. Not a failure to record.
+			if refusal := s.gate.Refusal(); refusal != nil {
+				return nil, refusal
+			}
+			return nil, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeUnavailable, "request cancelled")
+		}
+		s.records.RecordFailed(err)
 		return nil, apierr.Internal(fmt.Errorf("record request: %w", err))
 	}
 	if !created {
@@ -179,6 +208,12 @@ func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Ke
 	signedTx, txHash, err := prep.sign(ctx, h, key)
 	if err != nil {
 		ae := apierr.From(err)
+		if ctx.Err() != nil {
+			// Cancelled by a freeze (or the caller gave up): say which.
+			if refusal := s.gate.Refusal(); refusal != nil {
+				ae = apierr.From(refusal)
+			}
+		}
 		// A fresh context: the caller's may be cancelled, the record must still say what happened.
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -191,8 +226,10 @@ func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Ke
 	defer cancel()
 	if err := s.store.CompleteRequest(cctx, rec.ID, signedTx, txHash); err != nil {
 		// The signature is withheld: an unrecorded signature never leaves.
+		s.records.RecordFailed(err)
 		return nil, apierr.Internal(fmt.Errorf("record signature for %s: %w", rec.ID, err))
 	}
+	s.records.RecordOK()
 	rec.State, rec.SignedTx, rec.TxHash = store.StateSigned, signedTx, txHash
 	return resultOf(rec, prep), nil
 }
