@@ -31,7 +31,7 @@ provision() {
   [[ -f $dev/hsm/so.pin ]] || head -c 24 /dev/urandom | base64 | tr -d '/+=' > "$dev/hsm/so.pin"
   "$bin" dev pki --dir "$dev/pki"
   if [[ ! -f $dev/appliance.yaml ]]; then
-    sed -e "s#@DEV@#$dev#g" -e "s#@MODULE@#$module#g" -e "s#@PORT@#$port#g" \
+    sed -e "s#@DEV@#$dev#g" -e "s#@MODULE@#$module#g" -e "s#@PORT@#$port#g" -e "s#@ROOT@#$root#g" \
       firmware-config/appliance.dev.yaml.in > "$dev/appliance.yaml"
   fi
   # A 2-of-3 key ceremony: shares in shares/officerN.share, Ed25519 approval
@@ -40,6 +40,8 @@ provision() {
     --officers spiffe://appliance.dev/officer1,spiffe://appliance.dev/officer2,spiffe://appliance.dev/officer3 \
     --out "$dev" --generate-approval-keys
   "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing \
+    --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
+  "$bin" keys create --config "$dev/appliance.yaml" --id btc-dev --chain bitcoin --network regtest --if-missing \
     --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
 }
 

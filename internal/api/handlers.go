@@ -82,19 +82,22 @@ func (s *Server) getKey(c echo.Context) error {
 
 // SignBody is the JSON of POST /v1/sign.
 type SignBody struct {
-	KeyID          string `json:"key_id"`
-	Chain          string `json:"chain"`
-	Network        string `json:"network"`
-	Payload        string `json:"payload"`
-	IdempotencyKey string `json:"idempotency_key"`
+	KeyID          string          `json:"key_id"`
+	Chain          string          `json:"chain"`
+	Network        string          `json:"network"`
+	Payload        string          `json:"payload"`
+	IdempotencyKey string          `json:"idempotency_key"`
+	Expect         *signing.Expect `json:"expect,omitempty"`
 }
 
 // SignedBody is a 200 answer of POST /v1/sign.
 type SignedBody struct {
 	RequestID string `json:"request_id"`
 	State     string `json:"state"`
-	SignedTx  string `json:"signed_tx"`
+	SignedTx  string `json:"signed_tx,omitempty"`
 	TxHash    string `json:"tx_hash,omitempty"`
+	TxID      string `json:"txid,omitempty"`
+	PSBT      string `json:"psbt,omitempty"`
 }
 
 func (s *Server) sign(c echo.Context) error {
@@ -108,7 +111,8 @@ func (s *Server) sign(c echo.Context) error {
 		return err
 	}
 	c.Set("request_id", res.RequestID)
-	return c.JSON(http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx, TxHash: res.TxHash})
+	return c.JSON(http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx,
+		TxHash: res.TxHash, TxID: res.TxID, PSBT: res.PSBT})
 }
 
 // RequestBody is the JSON of GET /v1/requests/{id}.
@@ -123,6 +127,8 @@ type RequestBody struct {
 	Digest    string            `json:"digest"`
 	SignedTx  string            `json:"signed_tx,omitempty"`
 	TxHash    string            `json:"tx_hash,omitempty"`
+	TxID      string            `json:"txid,omitempty"`
+	PSBT      string            `json:"psbt,omitempty"`
 	Error     *apierr.BodyError `json:"error,omitempty"`
 	CreatedAt string            `json:"created_at"`
 	UpdatedAt string            `json:"updated_at"`
@@ -147,7 +153,13 @@ func requestBody(r store.Request) RequestBody {
 	b := RequestBody{ID: r.ID, State: r.State, KeyID: r.KeyID, Chain: r.Chain, Network: r.Network, Principal: r.Principal,
 		Intent: r.Intent, Digest: hex.EncodeToString(r.Digest), TxHash: r.TxHash,
 		CreatedAt: r.CreatedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00"), UpdatedAt: r.UpdatedAt.UTC().Format("2006-01-02T15:04:05.000Z07:00")}
-	if len(r.SignedTx) > 0 {
+	switch {
+	case r.Chain == "bitcoin":
+		b.TxHash, b.TxID, b.PSBT = "", r.TxHash, r.SignedPSBT
+		if len(r.SignedTx) > 0 {
+			b.SignedTx = hex.EncodeToString(r.SignedTx)
+		}
+	case len(r.SignedTx) > 0:
 		b.SignedTx = "0x" + hex.EncodeToString(r.SignedTx)
 	}
 	if r.ErrorCode != "" {

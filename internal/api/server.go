@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/address"
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/health"
@@ -69,6 +70,8 @@ type Deps struct {
 	Seal   Seal
 	// Governance is nil on an appliance without an officer ceremony.
 	Governance Governance
+	// Screener, when set, answers known_risk in address validation.
+	Screener address.Screener
 	// OnDenied, when set, hears every 403 with the principal (the automatic
 	// freeze on a burst of denials).
 	OnDenied func(principal, code string)
@@ -104,6 +107,7 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
 	v1.GET("/requests/:id", s.getRequest, s.registered)
+	v1.POST("/addresses/validate", s.validateAddress, s.requireAny(access.RoleClient, access.RoleOfficer))
 	officer := s.requireAny(access.RoleOfficer)
 	v1.POST("/unseal", s.unseal, officer)
 	v1.POST("/freeze", s.freeze, officer)

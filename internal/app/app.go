@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/signal"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -21,6 +23,7 @@ import (
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/governance"
 	"github.com/custodysigner/appliance/internal/health"
+	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
@@ -37,6 +40,7 @@ type App struct {
 	access   *access.Registry
 	seal     *seal.Manager
 	trip     *seal.Tripwire
+	screener *screening.Screener // nil without configured lists
 	gov      *governance.Service // nil without an officer ceremony
 	checker  *health.Checker
 	notifier *health.Notifier
@@ -94,6 +98,16 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	a.trip = seal.NewTripwire(a.seal, seal.TripwireOptions{RecordFailures: cfg.Freeze.AfterRecordFailures,
 		Denials: cfg.Freeze.AfterDenials, DenialWindow: cfg.Freeze.DenialWindow.D()}, log.Named("tripwire"))
 	svc.ObserveRecords(a.trip)
+	if len(cfg.Screening.Lists) > 0 {
+		var sources []screening.ListSource
+		for _, l := range cfg.Screening.Lists {
+			sources = append(sources, screening.ListSource{Name: l.Name, Chain: screening.Chain(l.Chain), Path: l.Path})
+		}
+		if a.screener, err = screening.New(sources, screeningNormalizers(), log.Named("screening")); err != nil {
+			return nil, fmt.Errorf("known-risk lists: %w", err)
+		}
+		svc.ScreenWith(a.screener)
+	}
 	a.checker = health.NewChecker(2*time.Second, time.Second,
 		health.Check{Name: "hsm", Critical: true, Probe: a.probeHSM},
 		health.Check{Name: "store", Critical: true, Probe: a.store.Probe},
@@ -111,6 +125,9 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	}
 	if a.gov != nil {
 		deps.Governance = a.gov
+	}
+	if a.screener != nil {
+		deps.Screener = a.screener
 	}
 	if a.server, err = api.New(deps); err != nil {
 		return nil, err
@@ -195,6 +212,14 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
 	go a.notifier.Monitor(wctx, a.checker, health.DefaultMonitorInterval)
+	if a.screener != nil {
+		// Lists reload when their files change and on SIGHUP, without a restart.
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go a.screener.Watch(wctx, a.cfg.Screening.WatchInterval.D())
+		go a.screener.ReloadOnSignal(wctx, hup)
+	}
 
 	a.ready.Store(true)
 	a.notifier.Ready()

@@ -62,7 +62,10 @@ func (b *bodyLog) all() []byte {
 // newEnv provisions token, PKI and config, and creates an Ethereum key
 // "eth-dev" for chain id 1337 granted to the "client" principal. It does not
 // start the server.
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, "") }
+
+// newEnvWith is newEnv with extra top-level YAML (e.g. a screening section).
+func newEnvWith(t *testing.T, extraYAML string) *env {
 	t.Helper()
 	uri, pin := softhsmtest.NewToken(t)
 	dir := t.TempDir()
@@ -89,7 +92,7 @@ principals:
   - {name: %[4]sofficer1, roles: [officer]}
   - {name: %[4]sauditor, roles: [auditor]}
   - {name: %[4]soperator, roles: [operator]}
-`, pki, uri.String(), dir, testPrincipalPrefix)
+%[5]s`, pki, uri.String(), dir, testPrincipalPrefix, extraYAML)
 	cfg, err := config.Parse([]byte(yaml))
 	if err != nil {
 		t.Fatal(err)

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/bitcoin"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/ethereum"
 	"github.com/custodysigner/appliance/internal/signing"
@@ -48,6 +50,17 @@ func (s *KeySpec) check() error {
 			return fmt.Errorf("ethereum network %q: %w", s.Network, err)
 		}
 		s.Network = id.String()
+	case "bitcoin":
+		if s.Algorithm == "" {
+			s.Algorithm = hsm.Secp256k1
+		}
+		if s.Algorithm != hsm.Secp256k1 {
+			return fmt.Errorf("bitcoin keys are secp256k1, not %s", s.Algorithm)
+		}
+		s.Network = strings.ToLower(s.Network)
+		if _, err := bitcoin.Params(bitcoin.Network(s.Network)); err != nil {
+			return fmt.Errorf("bitcoin network %q: %w", s.Network, err)
+		}
 	case "":
 		if s.Algorithm != hsm.Secp256k1 && s.Algorithm != hsm.P256 && s.Algorithm != hsm.Ed25519 {
 			return fmt.Errorf("algorithm %q is not secp256k1, p256 or ed25519", s.Algorithm)
@@ -116,12 +129,19 @@ func generateKey(ctx context.Context, m *hsm.Module, spec KeySpec) (store.Key, e
 	}
 	k := store.Key{ID: spec.ID, Label: spec.Label, CKAID: g.ID, Algorithm: string(g.Algorithm),
 		Chain: spec.Chain, Network: spec.Network, PublicKey: g.PublicKey}
-	if spec.Chain == "ethereum" {
+	switch spec.Chain {
+	case "ethereum":
 		addr, err := ethereum.AddressFromPublicKey(g.PublicKey)
 		if err != nil {
 			return store.Key{}, err
 		}
 		k.Address = addr.Hex()
+	case "bitcoin":
+		addr, err := bitcoin.P2WPKHAddress(g.PublicKey, bitcoin.Network(spec.Network))
+		if err != nil {
+			return store.Key{}, err
+		}
+		k.Address = addr
 	}
 	return k, nil
 }

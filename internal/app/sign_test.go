@@ -226,3 +226,15 @@ func TestIdempotency(t *testing.T) {
 		}
 	}
 }
+
+// unsignedEIP1559Data is unsignedEIP1559 with calldata and gas for it.
+func unsignedEIP1559Data(t testing.TB, nonce uint64, to common.Address, value *big.Int, data []byte) string {
+	t.Helper()
+	fields := []any{big.NewInt(1337), nonce, big.NewInt(1_000_000_000), big.NewInt(10_000_000_000),
+		uint64(100_000), to, value, data, types.AccessList{}}
+	b, err := rlp.EncodeToBytes(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "0x02" + hex.EncodeToString(b)
+}

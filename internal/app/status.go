@@ -73,6 +73,11 @@ func (a *App) status(ctx context.Context) any {
 			b.KeysRefused = append(b.KeysRefused, KeyRefusal{ID: k.ID, Reason: signing.RefusalText(err)})
 		}
 	}
+	if a.screener != nil {
+		for _, v := range a.screener.Versions() {
+			b.Lists[v.Name] = v
+		}
+	}
 	b.SchemaVersion, _ = a.store.SchemaVersion(ctx)
 	b.PendingRequests, _ = a.store.CountRequests(ctx, store.StateSigning)
 	return b

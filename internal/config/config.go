@@ -37,7 +37,23 @@ type Config struct {
 	HTTP       HTTP        `yaml:"http"`
 	Seal       Seal        `yaml:"seal"`
 	Freeze     Freeze      `yaml:"freeze"`
+	Screening  Screening   `yaml:"screening"`
 	Principals []Principal `yaml:"principals"`
+}
+
+// Screening names the known-risk address lists: one address per line, per
+// chain. They are reloaded when a file changes and on SIGHUP.
+type Screening struct {
+	Lists []ListFile `yaml:"lists"`
+	// WatchInterval is how often the files are checked for changes.
+	WatchInterval Duration `yaml:"watch_interval"`
+}
+
+// ListFile is one known-risk list.
+type ListFile struct {
+	Name  string `yaml:"name"`
+	Chain string `yaml:"chain"` // ethereum | bitcoin
+	Path  string `yaml:"path"`
 }
 
 // Freeze configures the automatic freeze. Zero disables a trigger.
@@ -211,6 +227,9 @@ func (c *Config) applyDefaults() {
 	if c.Freeze.DenialWindow == 0 {
 		c.Freeze.DenialWindow = Duration(time.Minute)
 	}
+	if c.Screening.WatchInterval == 0 {
+		c.Screening.WatchInterval = Duration(10 * time.Second)
+	}
 	if c.Seal.Credential == "" {
 		c.Seal.Credential = "hsm-pin"
 	}
@@ -276,6 +295,11 @@ func (c *Config) validate() error {
 	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
 		bad("seal.dev_unseal_shares is only allowed in mode dev")
 	}
+	for i, l := range c.Screening.Lists {
+		if l.Name == "" || l.Path == "" || (l.Chain != "ethereum" && l.Chain != "bitcoin") {
+			bad("screening.lists[%d]: name, path and chain (ethereum or bitcoin) are required", i)
+		}
+	}
 	seen := map[string]bool{}
 	for i, p := range c.Principals {
 		if p.Name == "" {
@@ -299,6 +323,12 @@ func (c *Config) validate() error {
 
 func (c *Config) resolvePaths(dir string) {
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf} {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dir, *p)
+		}
+	}
+	for i := range c.Screening.Lists {
+		p := &c.Screening.Lists[i].Path
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

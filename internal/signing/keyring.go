@@ -12,6 +12,7 @@ import (
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/bitcoin"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -36,6 +37,7 @@ type Keyring struct {
 	mu      sync.RWMutex
 	keys    map[string]*Key
 	refused map[string]error // reason found at the last reconciliation
+	scripts map[string]bool  // P2WPKH scripts of the Bitcoin keys: change detection
 }
 
 // errNotReconciled refuses keys until the HSM has been opened and checked.
@@ -49,12 +51,29 @@ func LoadKeyring(ctx context.Context, st interface {
 	if err != nil {
 		return nil, fmt.Errorf("load key registry: %w", err)
 	}
-	kr := &Keyring{keys: make(map[string]*Key, len(list)), refused: map[string]error{}}
+	kr := &Keyring{keys: make(map[string]*Key, len(list)), refused: map[string]error{}, scripts: map[string]bool{}}
 	for _, k := range list {
 		kr.keys[k.ID] = newKey(k)
 		kr.refused[k.ID] = errNotReconciled
+		kr.addScript(k)
 	}
 	return kr, nil
+}
+
+func (kr *Keyring) addScript(k store.Key) {
+	if k.Chain != "bitcoin" {
+		return
+	}
+	if script, err := bitcoin.P2WPKHScript(k.PublicKey); err == nil {
+		kr.scripts[string(script)] = true
+	}
+}
+
+// IsOwnScript reports whether script pays one of the appliance's keys.
+func (kr *Keyring) IsOwnScript(script []byte) bool {
+	kr.mu.RLock()
+	defer kr.mu.RUnlock()
+	return kr.scripts[string(script)]
 }
 
 func newKey(k store.Key) *Key {
@@ -89,6 +108,7 @@ func (kr *Keyring) Add(k store.Key, h KeyChecker) {
 	key := newKey(k)
 	kr.keys[k.ID] = key
 	delete(kr.refused, k.ID)
+	kr.addScript(k)
 	pins := make([]hsm.PinnedKey, 0, len(kr.keys))
 	for id, key := range kr.keys {
 		if kr.refused[id] == nil {

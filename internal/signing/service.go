@@ -10,6 +10,7 @@ package signing
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -54,7 +56,7 @@ func (noObserver) RecordOK()          {}
 // Store is the part of the store the service uses.
 type Store interface {
 	CreateRequest(ctx context.Context, r store.Request, hook func(*store.Tx, *store.Request) error) (store.Request, bool, error)
-	CompleteRequest(ctx context.Context, id string, signedTx []byte, txHash string) error
+	CompleteRequestWith(ctx context.Context, id string, c store.Completion) error
 	FailRequest(ctx context.Context, id, code, message string) error
 	RestartRequest(ctx context.Context, id string) error
 	GetRequest(ctx context.Context, id string) (store.Request, error)
@@ -67,14 +69,22 @@ type Request struct {
 	Network        string
 	Payload        string
 	IdempotencyKey string
+	Expect         *Expect
 }
 
 // Result is a successful answer.
 type Result struct {
 	RequestID string
 	State     string
-	SignedTx  string // 0x-hex for Ethereum
-	TxHash    string // 0x-hex for Ethereum
+	SignedTx  string // 0x-hex for Ethereum; hex for Bitcoin, empty until every input is final
+	TxHash    string // Ethereum: 0x-hex
+	TxID      string // Bitcoin
+	PSBT      string // Bitcoin: base64 with the appliance's partial signatures
+}
+
+// Screener checks a destination against the known-risk lists.
+type Screener interface {
+	Check(chain screening.Chain, addr string) (*screening.Hit, error)
 }
 
 // Service signs requests. It is safe for concurrent use.
@@ -86,6 +96,7 @@ type Service struct {
 	log      *zap.Logger
 	inflight singleflight.Group
 	records  RecordObserver
+	screener Screener
 	now      func() time.Time
 }
 
@@ -101,6 +112,9 @@ func New(st Store, gate Gate, h func() Signer, keys *Keyring, log *zap.Logger) (
 // ObserveRecords reports every record success and failure to o. Call it
 // before serving.
 func (s *Service) ObserveRecords(o RecordObserver) { s.records = o }
+
+// ScreenWith screens every destination with sc. Call it before serving.
+func (s *Service) ScreenWith(sc Screener) { s.screener = sc }
 
 // Sign decodes, records, signs and records again. Errors are *apierr.Error.
 func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*Result, error) {
@@ -132,10 +146,12 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 	if !strings.EqualFold(req.Chain, key.Chain) {
 		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeWrongNetwork, "key %q signs for chain %q, not %q", key.ID, key.Chain, req.Chain)
 	}
-	prep, err := prepare(key, req)
+	prep, err := s.prepare(key, req)
 	if err != nil {
 		return nil, err
 	}
+	// Refusals after decoding are recorded: they are evidence.
+	prep.policy = s.refusal(prep, req)
 	if req.IdempotencyKey == "" {
 		return s.run(ctx, h, p, key, req, prep)
 	}
@@ -151,6 +167,12 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 }
 
 func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *Key, req Request, prep *prepared) (*Result, error) {
+	state := store.StateSigning
+	var code, message string
+	if prep.policy != nil {
+		ae := apierr.From(prep.policy)
+		state, code, message = store.StateDenied, ae.Code, ae.Message
+	}
 	rec, created, err := s.store.CreateRequest(ctx, store.Request{
 		Principal:      p.Name,
 		IdempotencyKey: req.IdempotencyKey,
@@ -161,7 +183,9 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		PayloadHash:    prep.payloadHash,
 		Intent:         prep.intent,
 		Digest:         prep.digest,
-		State:          store.StateSigning,
+		State:          state,
+		ErrorCode:      code,
+		ErrorMessage:   message,
 	}, nil)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -178,6 +202,11 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 	if !created {
 		return s.replay(ctx, h, rec, key, prep)
 	}
+	s.records.RecordOK()
+	if prep.policy != nil {
+		s.log.Warn("request denied", zap.String("request_id", rec.ID), zap.String("code", code), zap.String("reason", message))
+		return nil, prep.policy
+	}
 	return s.sign(ctx, h, rec, key, prep)
 }
 
@@ -189,7 +218,9 @@ func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *
 	}
 	switch rec.State {
 	case store.StateSigned:
-		return resultOf(rec, prep), nil
+		return resultOf(rec), nil
+	case store.StateDenied:
+		return nil, apierr.New(deniedStatus(rec.ErrorCode), rec.ErrorCode, "%s", rec.ErrorMessage)
 	case store.StateFailed:
 		if err := s.store.RestartRequest(ctx, rec.ID); err != nil {
 			return nil, apierr.Internal(fmt.Errorf("restart request %s: %w", rec.ID, err))
@@ -205,7 +236,7 @@ func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *
 }
 
 func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Key, prep *prepared) (*Result, error) {
-	signedTx, txHash, err := prep.sign(ctx, h, key)
+	done, err := prep.signer.sign(ctx, h, key)
 	if err != nil {
 		ae := apierr.From(err)
 		if ctx.Err() != nil {
@@ -224,18 +255,51 @@ func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Ke
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	if err := s.store.CompleteRequest(cctx, rec.ID, signedTx, txHash); err != nil {
+	if err := s.store.CompleteRequestWith(cctx, rec.ID, done); err != nil {
 		// The signature is withheld: an unrecorded signature never leaves.
 		s.records.RecordFailed(err)
 		return nil, apierr.Internal(fmt.Errorf("record signature for %s: %w", rec.ID, err))
 	}
 	s.records.RecordOK()
-	rec.State, rec.SignedTx, rec.TxHash = store.StateSigned, signedTx, txHash
-	return resultOf(rec, prep), nil
+	rec.State, rec.SignedTx, rec.TxHash, rec.SignedPSBT = store.StateSigned, done.SignedTx, done.TxHash, done.SignedPSBT
+	return resultOf(rec), nil
 }
 
-func resultOf(rec store.Request, prep *prepared) *Result {
-	return &Result{RequestID: rec.ID, State: rec.State, SignedTx: prep.formatTx(rec.SignedTx), TxHash: rec.TxHash}
+// resultOf renders a signed record in its chain's conventions.
+func resultOf(rec store.Request) *Result {
+	r := &Result{RequestID: rec.ID, State: rec.State}
+	switch rec.Chain {
+	case "bitcoin":
+		r.TxID, r.PSBT = rec.TxHash, rec.SignedPSBT
+		if len(rec.SignedTx) > 0 {
+			r.SignedTx = hex.EncodeToString(rec.SignedTx)
+		}
+	default:
+		r.SignedTx, r.TxHash = "0x"+hex.EncodeToString(rec.SignedTx), rec.TxHash
+	}
+	return r
+}
+
+// deniedStatus is the HTTP status a recorded refusal is replayed with.
+func deniedStatus(code string) int {
+	if code == apierr.CodeAddressInvalid {
+		return http.StatusUnprocessableEntity
+	}
+	return http.StatusForbidden
+}
+
+// refusal applies the checks that follow decoding: the chain's default
+// policy, the caller's expectation, and known-risk screening.
+func (s *Service) refusal(p *prepared, req Request) error {
+	if p.policy != nil {
+		return p.policy
+	}
+	if req.Expect != nil {
+		if err := p.expect(*req.Expect); err != nil {
+			return err
+		}
+	}
+	return s.screen(p)
 }
 
 // Get returns a recorded request; callers check who may see it.

@@ -15,6 +15,9 @@ const (
 	StateSigning = "signing"
 	StateSigned  = "signed"
 	StateFailed  = "failed"
+	// StateDenied records a request refused after decoding (a known-risk
+	// destination, a policy rule): the refusal is evidence, so it is kept.
+	StateDenied = "denied"
 )
 
 // Request is a signing request as recorded. It is written (state signing)
@@ -32,6 +35,7 @@ type Request struct {
 	State          string
 	SignedTx       []byte
 	TxHash         string
+	SignedPSBT     string // Bitcoin: base64 PSBT with the appliance's partial signatures
 	ErrorCode      string
 	ErrorMessage   string
 	CreatedAt      time.Time
@@ -39,7 +43,7 @@ type Request struct {
 }
 
 const requestColumns = `id, principal, idempotency_key, key_id, chain, network, payload, payload_hash,
-	intent, digest, state, signed_tx, tx_hash, error_code, error_message, created_at, updated_at`
+	intent, digest, state, signed_tx, tx_hash, error_code, error_message, created_at, updated_at, signed_psbt`
 
 // NewRequestID returns "req_" and 26 lowercase base32 characters encoding
 // 128 random bits: unguessable, so knowing one id reveals nothing about others.
@@ -107,10 +111,10 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 
 func insertRequest(ctx context.Context, tx *Tx, r *Request) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO requests (`+requestColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		r.ID, r.Principal, r.IdempotencyKey, r.KeyID, r.Chain, r.Network, nonNil(r.Payload), nonNil(r.PayloadHash),
 		r.Intent, r.Digest, r.State, r.SignedTx, r.TxHash, r.ErrorCode, r.ErrorMessage,
-		r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano())
+		r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.SignedPSBT)
 	switch {
 	case isUnique(err):
 		return fmt.Errorf("store: request %s: id or idempotency key already recorded: %w", r.ID, ErrConflict)
@@ -134,8 +138,20 @@ func nonNil(b []byte) []byte {
 // state it returns an error wrapping ErrConflict, so a request is never
 // signed twice on the record.
 func (s *Store) CompleteRequest(ctx context.Context, id string, signedTx []byte, txHash string) error {
+	return s.CompleteRequestWith(ctx, id, Completion{SignedTx: signedTx, TxHash: txHash})
+}
+
+// Completion is what a signed request records.
+type Completion struct {
+	SignedTx   []byte
+	TxHash     string
+	SignedPSBT string
+}
+
+// CompleteRequestWith moves signing → signed with every part of the answer.
+func (s *Store) CompleteRequestWith(ctx context.Context, id string, c Completion) error {
 	return s.transition(ctx, id, StateSigning, StateSigned,
-		`signed_tx = ?, tx_hash = ?, error_code = '', error_message = ''`, nonNil(signedTx), txHash)
+		`signed_tx = ?, tx_hash = ?, signed_psbt = ?, error_code = '', error_message = ''`, nonNil(c.SignedTx), c.TxHash, c.SignedPSBT)
 }
 
 // FailRequest records why signing failed: signing → failed.
@@ -215,7 +231,7 @@ func scanRequest(sc scanner) (Request, error) {
 	var r Request
 	var created, updated int64
 	err := sc.Scan(&r.ID, &r.Principal, &r.IdempotencyKey, &r.KeyID, &r.Chain, &r.Network, &r.Payload, &r.PayloadHash,
-		&r.Intent, &r.Digest, &r.State, &r.SignedTx, &r.TxHash, &r.ErrorCode, &r.ErrorMessage, &created, &updated)
+		&r.Intent, &r.Digest, &r.State, &r.SignedTx, &r.TxHash, &r.ErrorCode, &r.ErrorMessage, &created, &updated, &r.SignedPSBT)
 	r.CreatedAt, r.UpdatedAt = time.Unix(0, created).UTC(), time.Unix(0, updated).UTC()
 	return r, err
 }

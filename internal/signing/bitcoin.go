@@ -1,0 +1,121 @@
+package signing
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/bitcoin"
+	"github.com/custodysigner/appliance/internal/screening"
+	"github.com/custodysigner/appliance/internal/secp"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+func prepareBitcoin(key *Key, req Request, isOwn func([]byte) bool) (*prepared, error) {
+	if req.Network != "" && !strings.EqualFold(req.Network, key.Network) {
+		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeWrongNetwork,
+			"key %q signs for bitcoin %s, the request names %s", key.ID, key.Network, req.Network)
+	}
+	bp, err := bitcoin.Prepare(req.Payload, bitcoin.Options{Network: bitcoin.Network(key.Network), PublicKey: key.PublicKey, IsOwnScript: isOwn})
+	if err != nil {
+		return nil, bitcoinError(err)
+	}
+	intent, err := json.Marshal(bp.Intent)
+	if err != nil {
+		return nil, apierr.Internal(fmt.Errorf("encode intent: %w", err))
+	}
+	// The request's digest binds every input's sighash, in order.
+	var all bytes.Buffer
+	for _, d := range bp.Digests {
+		all.Write(d.Hash[:])
+	}
+	digest := sha256.Sum256(all.Bytes())
+	payload := []byte(strings.TrimSpace(req.Payload))
+	p := &prepared{
+		payload:     payload,
+		payloadHash: requestHash([]byte(key.ID), []byte(key.Chain), []byte(key.Network), payload),
+		intent:      intent,
+		digest:      digest[:],
+		signer:      &bitcoinSigner{p: bp},
+		expect:      func(e Expect) error { return expectBitcoin(bp.Intent, e) },
+	}
+	for _, o := range bp.Intent.Outputs {
+		if o.Address != "" {
+			p.destinations = append(p.destinations, destination{chain: screening.Bitcoin, address: o.Address, role: fmt.Sprintf("output %d", o.Index)})
+		}
+	}
+	return p, nil
+}
+
+// bitcoinError maps the decoder's refusals to the API's codes.
+func bitcoinError(err error) error {
+	code, status := apierr.CodeDecodeFailed, http.StatusUnprocessableEntity
+	switch {
+	case errors.Is(err, bitcoin.ErrUnsupported):
+		code = apierr.CodeUnsupported
+	case errors.Is(err, bitcoin.ErrWrongNetwork):
+		code = apierr.CodeWrongNetwork
+	case errors.Is(err, bitcoin.ErrAddressInvalid):
+		code = apierr.CodeAddressInvalid
+	case errors.Is(err, bitcoin.ErrSighash):
+		code, status = apierr.CodePolicyDenied, http.StatusForbidden
+	}
+	return apierr.Wrap(err, status, code, "%v", err)
+}
+
+// expectBitcoin: the expected destination must be a non-change output
+// paying exactly the expected amount (satoshi).
+func expectBitcoin(in bitcoin.Intent, e Expect) error {
+	if e.Asset != "" && !strings.EqualFold(e.Asset, "BTC") && !strings.EqualFold(e.Asset, "native") {
+		return expectMismatch("asset", e.Asset, "BTC")
+	}
+	if e.Destination == "" && e.Amount == "" {
+		return nil
+	}
+	for _, o := range in.Outputs {
+		if o.Change || (e.Destination != "" && !sameAddress(o.Address, e.Destination)) {
+			continue
+		}
+		if e.Amount == "" || e.Amount == strconv.FormatInt(o.Amount, 10) {
+			return nil
+		}
+	}
+	return policyDenied("the transaction does not match expect: no output pays %s sat to %s", e.Amount, e.Destination)
+}
+
+type bitcoinSigner struct {
+	p *bitcoin.Prepared
+}
+
+// sign signs every input of ours in the HSM, verifies each signature against
+// the pinned key, and lets the PSBT finisher assemble the answer.
+func (bs *bitcoinSigner) sign(ctx context.Context, h Signer, key *Key) (store.Completion, error) {
+	sigs := make([][]byte, 0, len(bs.p.Digests))
+	for _, d := range bs.p.Digests {
+		sig, err := hsmSign(ctx, h, key, d.Hash[:])
+		if err != nil {
+			return store.Completion{}, err
+		}
+		if _, err := secp.VerifyAndParity(key.PublicKey, d.Hash[:], sig); err != nil {
+			return store.Completion{}, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "the HSM's signature did not verify against the pinned key")
+		}
+		sigs = append(sigs, sig)
+	}
+	psbt, rawHex, txid, err := bs.p.Finish(sigs)
+	if err != nil {
+		return store.Completion{}, apierr.Internal(fmt.Errorf("finish PSBT: %w", err))
+	}
+	raw, err := hex.DecodeString(rawHex)
+	if err != nil {
+		return store.Completion{}, apierr.Internal(err)
+	}
+	return store.Completion{SignedTx: raw, TxHash: txid, SignedPSBT: psbt}, nil
+}
