@@ -11,7 +11,9 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
+	"github.com/custodysigner/appliance/internal/api"
 	"github.com/custodysigner/appliance/internal/app"
 	"github.com/custodysigner/appliance/internal/client"
 )
@@ -104,21 +106,6 @@ func proposeCmd(args []string, out io.Writer) error {
 	return printJSON(out, res)
 }
 
-type proposal struct {
-	ID                string          `json:"proposal_id"`
-	Kind              string          `json:"kind"`
-	Params            json.RawMessage `json:"params"`
-	State             string          `json:"state"`
-	Proposer          string          `json:"proposer"`
-	Digest            string          `json:"digest"`
-	ApprovalsRequired int             `json:"approvals_required"`
-	Approvals         []struct {
-		Officer string `json:"officer"`
-	} `json:"approvals"`
-	ExpiresAt string `json:"expires_at"`
-	Result    string `json:"result"`
-}
-
 // approveCmd shows what is being approved, in words, and signs its digest
 // with the officer's Ed25519 approval key.
 func approveCmd(args []string, in io.Reader, out io.Writer) error {
@@ -141,12 +128,12 @@ func approveCmd(args []string, in io.Reader, out io.Writer) error {
 	}
 	defer clear(priv)
 	ctx := context.Background()
-	var p proposal
+	var p api.ProposalBody
 	if err := c.Do(ctx, "GET", "/v1/proposals/"+id, nil, &p); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "Proposal %s by %s\n  %s\n  state %s, %d of %d approvals, expires %s\n  digest %s\n",
-		p.ID, p.Proposer, describe(p.Kind, p.Params), p.State, len(p.Approvals), p.ApprovalsRequired, p.ExpiresAt, p.Digest)
+		p.ID, p.Proposer, describe(p.Kind, p.Params), p.State, len(p.Approvals), p.ApprovalsRequired, p.ExpiresAt.Format(time.RFC3339), p.Digest)
 	if !yes {
 		fmt.Fprint(out, "Approve? Type yes: ")
 		var answer string
@@ -159,7 +146,7 @@ func approveCmd(args []string, in io.Reader, out io.Writer) error {
 		return fmt.Errorf("digest from the appliance: %w", err)
 	}
 	sig := ed25519.Sign(priv, digest)
-	var res proposal
+	var res api.ProposalBody
 	if err := c.Do(ctx, "POST", "/v1/proposals/"+id+"/approvals", map[string]string{"signature": base64.StdEncoding.EncodeToString(sig)}, &res); err != nil {
 		return err
 	}

@@ -13,8 +13,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
-	"github.com/custodysigner/appliance/internal/config"
-	"github.com/custodysigner/appliance/internal/devpki"
 )
 
 // quorumEnv is an appliance set up by a real 2-of-3 key ceremony: no PIN
@@ -40,29 +38,7 @@ func newQuorumEnv(t *testing.T, extraYAML string) *quorumEnv {
 		uri.Token = uri.Token[:32]
 	}
 	dir := t.TempDir()
-	pki := filepath.Join(dir, "pki")
-	if err := devpki.Generate(pki, devpki.DefaultClients()); err != nil {
-		t.Fatal(err)
-	}
-	yaml := fmt.Sprintf(`
-mode: dev
-listen: 127.0.0.1:0
-tls: {cert: %[1]s/server.crt, key: %[1]s/server.key, client_ca: %[1]s/ca.crt}
-hsm: {uri: %[2]q, pool_size: 4, acquire_timeout: 2s}
-store: {path: %[3]s/appliance.db}
-log: {level: debug}
-principals:
-  - {name: %[4]sclient, roles: [client], keys: [eth-dev]}
-  - {name: %[4]sofficer1, roles: [officer]}
-  - {name: %[4]sofficer2, roles: [officer]}
-  - {name: %[4]sofficer3, roles: [officer]}
-  - {name: %[4]sauditor, roles: [auditor]}
-  - {name: %[4]soperator, roles: [operator]}
-%[5]s`, pki, uri.String(), dir, testPrincipalPrefix, extraYAML)
-	cfg, err := config.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, dir, uri.String(), extraYAML, "client", "officer1", "officer2", "officer3", "auditor", "operator")
 	core, logs := observer.New(zap.DebugLevel)
 	q := &quorumEnv{env: &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}, soPIN: []byte("so-pin-" + uri.Token)}
 	ctx := context.Background()

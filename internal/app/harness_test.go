@@ -75,28 +75,7 @@ func newEnvWith(t *testing.T, extraYAML string) *env {
 		t.Fatal(err)
 	}
 	uri.PinValue, uri.PinSource = "", "file:"+pinFile
-	pki := filepath.Join(dir, "pki")
-	if err := devpki.Generate(pki, devpki.DefaultClients()); err != nil {
-		t.Fatal(err)
-	}
-	yaml := fmt.Sprintf(`
-mode: dev
-listen: 127.0.0.1:0
-tls: {cert: %[1]s/server.crt, key: %[1]s/server.key, client_ca: %[1]s/ca.crt}
-hsm: {uri: %[2]q, pool_size: 4, acquire_timeout: 2s}
-store: {path: %[3]s/appliance.db}
-log: {level: debug}
-seal: {auto_unseal: true}
-principals:
-  - {name: %[4]sclient, roles: [client], keys: [eth-dev, eth-other]}
-  - {name: %[4]sofficer1, roles: [officer]}
-  - {name: %[4]sauditor, roles: [auditor]}
-  - {name: %[4]soperator, roles: [operator]}
-%[5]s`, pki, uri.String(), dir, testPrincipalPrefix, extraYAML)
-	cfg, err := config.Parse([]byte(yaml))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg := testConfig(t, dir, uri.String(), "seal: {auto_unseal: true}\n"+extraYAML, "client", "officer1", "auditor", "operator")
 	core, logs := observer.New(zap.DebugLevel)
 	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
 	// Whatever a test did, the PIN never reached a log line (debug included).
@@ -117,6 +96,41 @@ func (e *env) assertNotLogged(secret string) {
 			e.t.Errorf("secret found in a log line: %q", entry.Message)
 		}
 	}
+}
+
+// testConfig writes a dev PKI into dir/pki and returns a parsed
+// configuration for it: the given dev principals (client granted eth-dev
+// and eth-other, the others by their role: officerN → officer), a store in
+// dir, the HSM at uri, and extra top-level YAML.
+func testConfig(t *testing.T, dir, uri, extraYAML string, principals ...string) *config.Config {
+	t.Helper()
+	pki := filepath.Join(dir, "pki")
+	if err := devpki.Generate(pki, devpki.DefaultClients()); err != nil {
+		t.Fatal(err)
+	}
+	var ps strings.Builder
+	for _, p := range principals {
+		role, keys := strings.TrimRight(p, "0123456789"), ""
+		if role == "client" {
+			keys = ", keys: [eth-dev, eth-other]"
+		}
+		fmt.Fprintf(&ps, "  - {name: %s%s, roles: [%s]%s}\n", testPrincipalPrefix, p, role, keys)
+	}
+	yaml := fmt.Sprintf(`
+mode: dev
+listen: 127.0.0.1:0
+tls: {cert: %[1]s/server.crt, key: %[1]s/server.key, client_ca: %[1]s/ca.crt}
+hsm: {uri: %[2]q, pool_size: 4, acquire_timeout: 2s}
+store: {path: %[3]s/appliance.db}
+log: {level: debug}
+%[4]s
+principals:
+%[5]s`, pki, uri, dir, extraYAML, ps.String())
+	cfg, err := config.Parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }
 
 // start runs the appliance until the test ends.

@@ -81,22 +81,16 @@ func (s *Secret) Destroy() {
 // as 64 lowercase hex characters (SoftHSM PINs are printable, at most 255).
 // The caller zeroes the returned slice when done; nil after Destroy.
 func (s *Secret) DerivePIN() []byte {
-	st := s.state()
-	if st == nil {
-		return nil
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.buf == nil {
-		return nil
-	}
-	raw := st.derive(pinInfo)
-	defer clear(raw)
-	pin := make([]byte, 2*len(raw))
-	for i, b := range raw {
-		pin[2*i] = hexDigit(b >> 4)
-		pin[2*i+1] = hexDigit(b & 0x0f)
-	}
+	var pin []byte
+	s.locked(func(st *secretState) {
+		raw := st.derive(pinInfo)
+		defer clear(raw)
+		pin = make([]byte, 2*len(raw))
+		for i, b := range raw {
+			pin[2*i] = hexDigit(b >> 4)
+			pin[2*i+1] = hexDigit(b & 0x0f)
+		}
+	})
 	return pin
 }
 
@@ -104,32 +98,35 @@ func (s *Secret) DerivePIN() []byte {
 // unseal: HKDF-SHA256 with the "…/v1/verifier" label, 32 bytes. It is
 // safe to store; nil after Destroy.
 func (s *Secret) Verifier() []byte {
-	st := s.state()
-	if st == nil {
-		return nil
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.buf == nil {
-		return nil
-	}
-	return st.derive(verifierInfo)
+	var v []byte
+	s.locked(func(st *secretState) { v = st.derive(verifierInfo) })
+	return v
 }
 
 // Verify reports, in constant time, whether verifier belongs to this secret.
 func (s *Secret) Verify(verifier []byte) bool {
+	ok := false
+	s.locked(func(st *secretState) {
+		own := st.derive(verifierInfo)
+		defer clear(own)
+		ok = subtle.ConstantTimeCompare(own, verifier) == 1
+	})
+	return ok
+}
+
+// locked runs fn with the live secret locked; it does nothing for a nil,
+// zero or destroyed Secret.
+func (s *Secret) locked(fn func(st *secretState)) {
 	st := s.state()
 	if st == nil {
-		return false
+		return
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.buf == nil {
-		return false
+		return
 	}
-	own := st.derive(verifierInfo)
-	defer clear(own)
-	return subtle.ConstantTimeCompare(own, verifier) == 1
+	fn(st)
 }
 
 // state returns the shared state, nil for a nil or zero Secret, which
