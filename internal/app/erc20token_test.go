@@ -203,8 +203,8 @@ func mine(t *testing.T, backend *simulated.Backend, tx *types.Transaction) *type
 }
 
 var (
-	tokenAddress  = common.HexToAddress("0x0000000000000000000000000000000000070c3e")
-	tokenUnit     = new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)
+	tokenAddress   = common.HexToAddress("0x0000000000000000000000000000000000070c3e")
+	tokenUnit      = new(big.Int).Exp(big.NewInt(10), big.NewInt(18), nil)
 	tokenRecipient = common.HexToAddress("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")
 )
 
