@@ -36,42 +36,44 @@ type Options struct {
 // Intent is what the transaction does, in the terms policy and approvers
 // reason about.
 type Intent struct {
-	Kind    string // always "transfer"
-	Network string
-	Inputs  []Input
-	Outputs []Output
+	Kind    string   `json:"kind"` // always "transfer"
+	Network string   `json:"network"`
+	Inputs  []Input  `json:"inputs"`
+	Outputs []Output `json:"outputs"`
 	// TotalIn, TotalOut and Fee are in satoshis. TotalIn comes from each
 	// input's full previous transaction, never from the witness UTXO alone.
-	TotalIn, TotalOut, Fee int64
+	TotalIn  int64 `json:"total_in"`
+	TotalOut int64 `json:"total_out"`
+	Fee      int64 `json:"fee"`
 	// VSize estimates the finalised transaction's virtual size in vbytes.
 	// Signatures are counted at their largest low-S DER size, so when
 	// VSizeComplete is true VSize is an upper bound (by at most one vbyte
 	// per input) and FeeRateSatVB a lower bound of the on-chain rate.
-	VSize int64
+	VSize int64 `json:"vsize"`
 	// VSizeComplete is false when a foreign input's unlocking data cannot
 	// be sized (an unfinalised P2WSH or P2SH input, say); VSize then leaves
 	// it out and FeeRateSatVB is higher than the real rate.
-	VSizeComplete bool
-	FeeRateSatVB  float64
+	VSizeComplete bool    `json:"vsize_complete"`
+	FeeRateSatVB  float64 `json:"fee_rate_sat_vb"`
 }
 
 // Input is one spent output.
 type Input struct {
-	Index   int
-	PrevOut string // "txid:vout"
-	Amount  int64
-	Address string // empty when the previous script has no address form
-	Type    string
-	Ours    bool // true when this key signs it
+	Index   int    `json:"index"`
+	PrevOut string `json:"prev_out"` // "txid:vout"
+	Amount  int64  `json:"amount"`
+	Address string `json:"address,omitempty"` // empty when the previous script has no address form
+	Type    string `json:"type"`
+	Ours    bool   `json:"ours"` // true when this key signs it
 }
 
 // Output is one created output.
 type Output struct {
-	Index   int
-	Address string // empty for nulldata
-	Type    string
-	Amount  int64
-	Change  bool // pays this key or, per Options.IsOwnScript, another of ours
+	Index   int    `json:"index"`
+	Address string `json:"address,omitempty"` // empty for nulldata
+	Type    string `json:"type"`
+	Amount  int64  `json:"amount"`
+	Change  bool   `json:"change"` // pays this key or, per Options.IsOwnScript, another of ours
 }
 
 // Digest is one BIP-143 signature hash for the HSM to sign.
