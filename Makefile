@@ -47,8 +47,9 @@ fuzz-short:
 fuzz: deps
 	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
-## bench: Go benchmarks of the hot paths
+## bench: Go benchmarks of the hot paths (figures go to docs/BENCHMARKS.md by hand, with this command)
 bench: deps
+	@mkdir -p var
 	go test -run '^$$' -bench . -benchmem -count 5 ./... | tee var/bench.txt
 
 fmt:
