@@ -183,6 +183,11 @@ func describe(kind string, raw json.RawMessage) string {
 		return "ADD OFFICER " + s("name") + " with a new approval key"
 	case "remove_officer":
 		return "REMOVE OFFICER " + s("name")
+	case "set_policy":
+		rules, _ := json.Marshal(m["rules"])
+		return fmt.Sprintf("SET POLICY of key %q to %s", s("key_id"), rules)
+	case "allowlist_add":
+		return fmt.Sprintf("ALLOWLIST %s for key %q, effective at once", s("address"), s("key_id"))
 	default:
 		return kind + " " + string(raw)
 	}

@@ -115,6 +115,20 @@ func (s *Server) sign(c echo.Context) error {
 		TxHash: res.TxHash, TxID: res.TxID, PSBT: res.PSBT})
 }
 
+// evaluate answers what /v1/sign would decide, recording nothing.
+func (s *Server) evaluate(c echo.Context) error {
+	var b SignBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	c.Set("key_id", b.KeyID)
+	ev, err := s.deps.Signer.Evaluate(c.Request().Context(), principalOf(c), signing.Request(b))
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, ev)
+}
+
 // RequestBody is the JSON of GET /v1/requests/{id}.
 type RequestBody struct {
 	ID        string            `json:"request_id"`

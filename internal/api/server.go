@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -31,6 +33,7 @@ import (
 // Signer is what the API needs from the signing service.
 type Signer interface {
 	Sign(ctx context.Context, p *access.Principal, req signing.Request) (*signing.Result, error)
+	Evaluate(ctx context.Context, p *access.Principal, req signing.Request) (*signing.Evaluation, error)
 	Get(ctx context.Context, id string) (store.Request, error)
 }
 
@@ -107,6 +110,7 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
 	v1.GET("/requests/:id", s.getRequest, s.registered)
+	v1.POST("/policy/evaluate", s.evaluate, s.requireAny(access.RoleClient, access.RoleOfficer))
 	v1.POST("/addresses/validate", s.validateAddress, s.requireAny(access.RoleClient, access.RoleOfficer))
 	officer := s.requireAny(access.RoleOfficer)
 	v1.POST("/unseal", s.unseal, officer)
@@ -266,7 +270,8 @@ func errorHandler(log *zap.Logger, onDenied func(principal, code string)) echo.H
 			onDenied(p.Name, ae.Code)
 		}
 		if ae.Code == apierr.CodeRateLimited {
-			c.Response().Header().Set("Retry-After", "1")
+			secs := int(math.Ceil(ae.RetryAfter.Seconds()))
+			c.Response().Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 		}
 		if werr := c.JSON(ae.Status, ae.Body()); werr != nil {
 			log.Debug("writing error response", zap.Error(werr))

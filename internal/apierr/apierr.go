@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // Stable codes from ../shared/API.md. Clients match on these; never rename one.
@@ -45,6 +46,8 @@ type Error struct {
 	Code    string // stable machine-readable code
 	Message string // for people; never contains secrets or internals
 	Cause   error  // for the log only
+	// RetryAfter, for rate_limited, is sent as the Retry-After header.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

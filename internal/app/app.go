@@ -23,6 +23,7 @@ import (
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/governance"
 	"github.com/custodysigner/appliance/internal/health"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
@@ -98,6 +99,11 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	a.trip = seal.NewTripwire(a.seal, seal.TripwireOptions{RecordFailures: cfg.Freeze.AfterRecordFailures,
 		Denials: cfg.Freeze.AfterDenials, DenialWindow: cfg.Freeze.DenialWindow.D()}, log.Named("tripwire"))
 	svc.ObserveRecords(a.trip)
+	rules, err := policy.New(log.Named("policy"))
+	if err != nil {
+		return nil, err
+	}
+	svc.EnforcePolicy(rules)
 	if len(cfg.Screening.Lists) > 0 {
 		var sources []screening.ListSource
 		for _, l := range cfg.Screening.Lists {

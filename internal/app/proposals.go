@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/governance"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -63,6 +65,25 @@ func (a *App) Execute(ctx context.Context, tx *store.Tx, p store.Proposal) (stri
 			return "", err
 		}
 		return "officer " + params.Name + " removed", store.RemoveOfficer(ctx, tx, params.Name)
+	case governance.KindSetPolicy:
+		var params governance.SetPolicyParams
+		if err := json.Unmarshal(p.Params, &params); err != nil {
+			return "", err
+		}
+		v, err := policy.SetRules(ctx, tx, params.KeyID, params.Rules, p.ID)
+		if err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("policy of key %s is now version %d", params.KeyID, v), nil
+	case governance.KindAllowlistAdd:
+		var params governance.AllowlistParams
+		if err := json.Unmarshal(p.Params, &params); err != nil {
+			return "", err
+		}
+		if err := policy.AddAllowlist(ctx, tx, params.KeyID, params.Address, time.Now(), p.ID); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("%s allowlisted for key %s, effective now", params.Address, params.KeyID), nil
 	default:
 		return "", fmt.Errorf("no executor for proposal kind %q", p.Kind)
 	}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+
+	"github.com/custodysigner/appliance/internal/policy"
 )
 
 // Proposal kinds.
@@ -19,7 +21,22 @@ const (
 	KindRemovePrincipal = "remove_principal"
 	KindAddOfficer      = "add_officer"
 	KindRemoveOfficer   = "remove_officer"
+	KindSetPolicy       = "set_policy"
+	KindAllowlistAdd    = "allowlist_add"
 )
+
+// SetPolicyParams installs a new version of a key's policy rules.
+type SetPolicyParams struct {
+	KeyID string       `json:"key_id"`
+	Rules policy.Rules `json:"rules"`
+}
+
+// AllowlistParams adds a destination to a key's allowlist; by quorum it is
+// effective at once (no time lock).
+type AllowlistParams struct {
+	KeyID   string `json:"key_id"`
+	Address string `json:"address"`
+}
 
 // UnfreezeParams lifts a freeze.
 type UnfreezeParams struct {
@@ -114,6 +131,22 @@ func CanonicalParams(kind string, raw json.RawMessage) ([]byte, error) {
 		v, check = p, func() error {
 			if p.Name == "" || len(p.ApprovalKey) != ed25519.PublicKeySize {
 				return errors.New("add_officer: name and a 32-byte Ed25519 approval_key are required")
+			}
+			return nil
+		}
+	case KindSetPolicy:
+		p := &SetPolicyParams{}
+		v, check = p, func() error {
+			if p.KeyID == "" {
+				return errors.New("set_policy: key_id is required")
+			}
+			return p.Rules.Validate()
+		}
+	case KindAllowlistAdd:
+		p := &AllowlistParams{}
+		v, check = p, func() error {
+			if p.KeyID == "" || p.Address == "" {
+				return errors.New("allowlist_add: key_id and address are required")
 			}
 			return nil
 		}

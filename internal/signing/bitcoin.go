@@ -8,12 +8,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/bitcoin"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/secp"
 	"github.com/custodysigner/appliance/internal/store"
@@ -47,7 +49,11 @@ func prepareBitcoin(key *Key, req Request, isOwn func([]byte) bool) (*prepared, 
 		signer:      &bitcoinSigner{p: bp},
 		expect:      func(e Expect) error { return expectBitcoin(bp.Intent, e) },
 	}
+	p.policy = policy.Intent{Chain: policy.ChainBitcoin, Kind: policy.KindTransfer, FeeRate: bp.Intent.FeeRateSatVB, Fee: big.NewInt(bp.Intent.Fee)}
 	for _, o := range bp.Intent.Outputs {
+		if !o.Change && o.Amount > 0 {
+			p.policy.Transfers = append(p.policy.Transfers, policy.Transfer{Asset: "BTC", To: o.Address, Amount: big.NewInt(o.Amount)})
+		}
 		if o.Address != "" {
 			p.destinations = append(p.destinations, destination{chain: screening.Bitcoin, address: o.Address, role: fmt.Sprintf("output %d", o.Index)})
 		}

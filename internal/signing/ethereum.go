@@ -13,6 +13,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/ethereum"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/secp"
 	"github.com/custodysigner/appliance/internal/store"
@@ -70,13 +71,36 @@ func prepareEthereum(key *Key, req Request) (*prepared, error) {
 		}
 		p.destinations = append(p.destinations, destination{chain: screening.Ethereum, address: a.Hex(), role: role})
 	}
+	p.policy = ethereumPolicyIntent(tx, in)
 	switch in.Kind {
 	case ethereum.KindContractCreation:
-		p.policy = policyDenied("contract creation is not signed by default")
+		p.refuse = policyDenied("contract creation is not signed by default")
 	case ethereum.KindContractCall:
-		p.policy = policyDenied("calls to contract %s (selector %s) are not allowed by policy", in.To, in.Selector)
+		p.refuse = policyDenied("calls to contract %s (selector %s) are not allowed by policy", in.To, in.Selector)
 	}
 	return p, nil
+}
+
+// ethereumPolicyIntent is what the policy rules judge: every value movement
+// (native value; the token amount of an ERC-20 call, approvals included, to
+// its recipient or spender), the contract and selector of other calls, and
+// the fee caps (a legacy or access-list transaction's gas price for both).
+func ethereumPolicyIntent(tx *ethereum.Tx, in ethereum.Intent) policy.Intent {
+	pi := policy.Intent{Chain: policy.ChainEthereum, Kind: in.Kind, MaxFeePerGas: tx.MaxFeePerGas, MaxPriorityFeePerGas: tx.MaxPriorityFeePerGas}
+	if tx.GasPrice != nil {
+		pi.MaxFeePerGas, pi.MaxPriorityFeePerGas = tx.GasPrice, tx.GasPrice
+	}
+	if tx.Value != nil && tx.Value.Sign() > 0 {
+		pi.Transfers = append(pi.Transfers, policy.Transfer{Asset: "ETH", To: in.To, Amount: tx.Value})
+	}
+	if in.Token != nil {
+		amount, _ := new(big.Int).SetString(in.Token.Amount, 10)
+		pi.Transfers = append(pi.Transfers, policy.Transfer{Asset: in.Token.Contract, To: in.Token.To, Amount: amount})
+	}
+	if in.Kind == ethereum.KindContractCall {
+		pi.Contract, pi.Selector = in.To, in.Selector
+	}
+	return pi
 }
 
 // expectEthereum compares the upstream's expectation with the intent.

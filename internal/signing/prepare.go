@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -41,8 +42,10 @@ type prepared struct {
 	intent       []byte
 	digest       []byte
 	destinations []destination
-	// policy refuses what the appliance does not sign by default; nil if none.
-	policy error
+	// refuse is the chain's default refusal (e.g. contract calls); nil if none.
+	refuse error
+	// policy is what the key's policy rules judge.
+	policy policy.Intent
 	expect func(Expect) error
 	signer chainSigner
 }

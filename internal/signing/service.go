@@ -23,6 +23,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -60,6 +61,7 @@ type Store interface {
 	FailRequest(ctx context.Context, id, code, message string) error
 	RestartRequest(ctx context.Context, id string) error
 	GetRequest(ctx context.Context, id string) (store.Request, error)
+	WriteTx(ctx context.Context, fn func(tx *store.Tx) error) error
 }
 
 // Request is a sign request as it arrives from the API.
@@ -97,6 +99,7 @@ type Service struct {
 	inflight singleflight.Group
 	records  RecordObserver
 	screener Screener
+	rules    *policy.Engine
 	now      func() time.Time
 }
 
@@ -151,7 +154,7 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 		return nil, err
 	}
 	// Refusals after decoding are recorded: they are evidence.
-	prep.policy = s.refusal(prep, req)
+	prep.refuse = s.refusal(prep, req)
 	if req.IdempotencyKey == "" {
 		return s.run(ctx, h, p, key, req, prep)
 	}
@@ -169,8 +172,8 @@ func (s *Service) Sign(ctx context.Context, p *access.Principal, req Request) (*
 func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *Key, req Request, prep *prepared) (*Result, error) {
 	state := store.StateSigning
 	var code, message string
-	if prep.policy != nil {
-		ae := apierr.From(prep.policy)
+	if prep.refuse != nil {
+		ae := apierr.From(prep.refuse)
 		state, code, message = store.StateDenied, ae.Code, ae.Message
 	}
 	rec, created, err := s.store.CreateRequest(ctx, store.Request{
@@ -186,7 +189,23 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		State:          state,
 		ErrorCode:      code,
 		ErrorMessage:   message,
-	}, nil)
+	}, func(tx *store.Tx, r *store.Request) error {
+		// Policy decides inside the request's own write transaction, with
+		// its counter updates: concurrent requests cannot pass a limit together.
+		if prep.refuse != nil || s.rules == nil {
+			return nil
+		}
+		d, err := s.rules.Evaluate(ctx, tx, policy.Request{KeyID: key.ID, Principal: p.Name, RequestID: r.ID, Intent: prep.policy})
+		if err != nil {
+			return err
+		}
+		if prep.refuse = decisionError(d); prep.refuse != nil {
+			ae := apierr.From(prep.refuse)
+			code, message = ae.Code, ae.Message
+			return store.DenyRequestTx(ctx, tx, r.ID, ae.Code, ae.Message)
+		}
+		return nil
+	})
 	if err != nil {
 		if ctx.Err() != nil {
 			// Cancelled while waiting for the writer: by a freeze, or the
@@ -203,9 +222,9 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		return s.replay(ctx, h, rec, key, prep)
 	}
 	s.records.RecordOK()
-	if prep.policy != nil {
+	if prep.refuse != nil {
 		s.log.Warn("request denied", zap.String("request_id", rec.ID), zap.String("code", code), zap.String("reason", message))
-		return nil, prep.policy
+		return nil, prep.refuse
 	}
 	return s.sign(ctx, h, rec, key, prep)
 }
@@ -280,10 +299,35 @@ func resultOf(rec store.Request) *Result {
 	return r
 }
 
+// EnforcePolicy evaluates every request against its key's policy rules.
+// Call it before serving.
+func (s *Service) EnforcePolicy(e *policy.Engine) { s.rules = e }
+
+// decisionError turns a policy decision into the API's refusal, or nil.
+// Transaction approvals by officers are not wired yet: a request that needs
+// them is refused (fail closed) rather than signed.
+func decisionError(d policy.Decision) error {
+	switch d.Outcome {
+	case policy.Allow:
+		return nil
+	case policy.NeedsApproval:
+		return apierr.New(http.StatusForbidden, apierr.CodePolicyDenied,
+			"%s: needs %d officer approvals (policy version %d); transaction approvals are not available yet, so it is refused", d.Rule, d.Approvals, d.Version)
+	}
+	status := http.StatusForbidden
+	if d.Code == apierr.CodeRateLimited {
+		status = http.StatusTooManyRequests
+	}
+	return &apierr.Error{Status: status, Code: d.Code, Message: fmt.Sprintf("%s (policy version %d)", d.Message, d.Version), RetryAfter: d.RetryAfter}
+}
+
 // deniedStatus is the HTTP status a recorded refusal is replayed with.
 func deniedStatus(code string) int {
-	if code == apierr.CodeAddressInvalid {
+	switch code {
+	case apierr.CodeAddressInvalid:
 		return http.StatusUnprocessableEntity
+	case apierr.CodeRateLimited:
+		return http.StatusTooManyRequests
 	}
 	return http.StatusForbidden
 }
@@ -291,8 +335,8 @@ func deniedStatus(code string) int {
 // refusal applies the checks that follow decoding: the chain's default
 // policy, the caller's expectation, and known-risk screening.
 func (s *Service) refusal(p *prepared, req Request) error {
-	if p.policy != nil {
-		return p.policy
+	if p.refuse != nil {
+		return p.refuse
 	}
 	if req.Expect != nil {
 		if err := p.expect(*req.Expect); err != nil {

@@ -235,3 +235,14 @@ func scanRequest(sc scanner) (Request, error) {
 	r.CreatedAt, r.UpdatedAt = time.Unix(0, created).UTC(), time.Unix(0, updated).UTC()
 	return r, err
 }
+
+// DenyRequestTx marks a request just created in tx as denied with the rule
+// that refused it (policy decides inside the request's own transaction).
+func DenyRequestTx(ctx context.Context, tx *Tx, id, code, message string) error {
+	_, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, error_code = ?, error_message = ? WHERE id = ?`,
+		StateDenied, code, message, id)
+	if err != nil {
+		return fmt.Errorf("store: deny request %s: %w", id, err)
+	}
+	return nil
+}

@@ -1,0 +1,107 @@
+package app
+
+import (
+	"fmt"
+	"math/big"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ethereum/go-ethereum/common"
+
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// setPolicy installs rules for eth-dev through a 2-of-3 proposal.
+func (q *quorumEnv) setPolicy(rules string) {
+	q.t.Helper()
+	p := q.propose(1, "set_policy", `{"key_id":"eth-dev","rules":`+rules+`}`)
+	q.approve(1, p["proposal_id"].(string), q.approval[0], p["digest"].(string))
+	if a := q.approve(2, p["proposal_id"].(string), q.approval[1], p["digest"].(string)); a.json(q.t)["state"] != "executed" {
+		q.t.Fatalf("set_policy: %s", a.body)
+	}
+}
+
+// TestPolicyWindowLimitThroughAPI: 200 concurrent requests against a window
+// that allows exactly 50 → exactly 50 signed and 150 limit_exceeded; the
+// dry run records nothing; the window's usage survives a restart.
+func TestPolicyWindowLimitThroughAPI(t *testing.T) {
+	q := newQuorumEnv(t, "freeze: {after_denials: 1000000}\n")
+	q.start()
+	q.unseal(1, 2)
+	q.setPolicy(`{"windows":[{"asset":"ETH","duration":"1h","max":"50"}]}`)
+	c := q.client("client")
+	to := common.HexToAddress("0x00000000000000000000000000000000000000d1")
+
+	const n = 200
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	got := map[string]int{}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a, err := q.do(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, uint64(i), to, big.NewInt(1)), fmt.Sprintf("w-%d", i)))
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				got["error"]++
+			case a.status == 200:
+				got["signed"]++
+			default:
+				got[a.code(t)]++
+			}
+		}()
+	}
+	wg.Wait()
+	if got["signed"] != 50 || got["limit_exceeded"] != 150 {
+		t.Fatalf("outcomes %v, want exactly 50 signed and 150 limit_exceeded", got)
+	}
+	if n := countState(t, q.env, store.StateDenied); n != 150 {
+		t.Fatalf("%d denied records, want 150 (each with its rule)", n)
+	}
+
+	// Dry run: what would happen, recording nothing.
+	before := countState(t, q.env, store.StateDenied)
+	ev := q.must(c, "POST", "/v1/policy/evaluate", signBody(unsignedEIP1559(t, 1337, 999, to, big.NewInt(1)), "dry"))
+	if ev.status != 200 || ev.json(t)["decision"] != "deny" || ev.json(t)["code"] != "limit_exceeded" {
+		t.Fatalf("dry run: %d %s", ev.status, ev.body)
+	}
+	if countState(t, q.env, store.StateDenied) != before {
+		t.Fatal("the dry run recorded something")
+	}
+
+	// The window's usage survives a restart.
+	q.stop()
+	q.start()
+	q.unseal(2, 3)
+	a := q.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 1000, to, big.NewInt(1)), "after-restart"))
+	if a.status != http.StatusForbidden || a.code(t) != "limit_exceeded" {
+		t.Fatalf("after restart: %d %s", a.status, a.body)
+	}
+}
+
+// TestPolicyRateLimitRetryAfter: a per-client token bucket answers 429 with
+// Retry-After once its burst is spent.
+func TestPolicyRateLimitRetryAfter(t *testing.T) {
+	q := newQuorumEnv(t, "")
+	q.start()
+	q.unseal(1, 2)
+	q.setPolicy(`{"rate_per_client":{"per_second":0.01,"burst":2}}`)
+	c := q.client("client")
+	to := common.HexToAddress("0x00000000000000000000000000000000000000d2")
+	for i := 0; i < 2; i++ {
+		if a := q.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, uint64(i), to, big.NewInt(1)), fmt.Sprintf("r%d", i))); a.status != 200 {
+			t.Fatalf("within the burst: %d %s", a.status, a.body)
+		}
+	}
+	a := q.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 2, to, big.NewInt(1)), "r2"))
+	if a.status != http.StatusTooManyRequests || a.code(t) != "rate_limited" {
+		t.Fatalf("past the burst: %d %s", a.status, a.body)
+	}
+	if ra := a.header.Get("Retry-After"); ra == "" || ra == "0" || strings.HasPrefix(ra, "-") {
+		t.Fatalf("Retry-After %q", ra)
+	}
+}

@@ -1,0 +1,73 @@
+package signing
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+
+	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/policy"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// Evaluation is what POST /v1/policy/evaluate answers: what /v1/sign would
+// decide for a payload, without recording or signing anything.
+type Evaluation struct {
+	Decision          string          `json:"decision"` // allow | deny | needs_approval
+	Code              string          `json:"code,omitempty"`
+	Rule              string          `json:"rule,omitempty"`
+	Message           string          `json:"message,omitempty"`
+	ApprovalsRequired int             `json:"approvals_required,omitempty"`
+	PolicyVersion     int             `json:"policy_version"`
+	Intent            json.RawMessage `json:"intent"`
+}
+
+// errRollback ends the dry run's transaction without committing.
+var errRollback = errors.New("dry run: roll back")
+
+// Evaluate decodes and checks req exactly as Sign would and asks the policy
+// engine for its decision, then rolls everything back. Clients may evaluate
+// only keys granted to them; officers any key.
+func (s *Service) Evaluate(ctx context.Context, p *access.Principal, req Request) (*Evaluation, error) {
+	key, err := s.keys.Get(req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	if !p.Granted(key.ID) && !p.Has(access.RoleOfficer) {
+		return nil, apierr.New(403, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
+	}
+	prep, err := s.prepare(key, req)
+	if err != nil {
+		return nil, err
+	}
+	ev := &Evaluation{Decision: "allow", Intent: prep.intent}
+	if err := s.refusal(prep, req); err != nil {
+		ae := apierr.From(err)
+		ev.Decision, ev.Code, ev.Message = "deny", ae.Code, ae.Message
+		return ev, nil
+	}
+	if s.rules == nil {
+		return ev, nil
+	}
+	var d policy.Decision
+	err = s.store.WriteTx(ctx, func(tx *store.Tx) error {
+		var derr error
+		d, derr = s.rules.DryRun(ctx, tx, policy.Request{KeyID: key.ID, Principal: p.Name, RequestID: "dry-run", Intent: prep.policy})
+		if derr != nil {
+			return derr
+		}
+		return errRollback
+	})
+	if err != nil && !errors.Is(err, errRollback) {
+		return nil, apierr.Internal(err)
+	}
+	ev.PolicyVersion, ev.Rule, ev.Message, ev.Code = d.Version, d.Rule, d.Message, d.Code
+	switch d.Outcome {
+	case policy.NeedsApproval:
+		ev.Decision, ev.ApprovalsRequired = "needs_approval", d.Approvals
+	case policy.Deny:
+		ev.Decision = "deny"
+	}
+	return ev, nil
+}
