@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/ethereum/go-ethereum"
 	"github.com/ethereum/go-ethereum/common"
@@ -187,6 +188,20 @@ func tokenBalanceOf(t *testing.T, client simulated.Client, token, holder common.
 	return new(big.Int).SetBytes(out)
 }
 
+// waitPending waits until the pool has promoted tx: go-ethereum's pool does
+// it asynchronously, and a block mined before that would miss it.
+func waitPending(t *testing.T, client simulated.Client, tx *types.Transaction) {
+	t.Helper()
+	from, err := types.Sender(types.LatestSignerForChainID(tx.ChainId()), tx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "transaction pending", func() bool {
+		n, err := client.PendingNonceAt(context.Background(), from)
+		return err == nil && n > tx.Nonce()
+	})
+}
+
 // mine sends tx, mines a block and returns the receipt.
 func mine(t *testing.T, backend *simulated.Backend, tx *types.Transaction) *types.Receipt {
 	t.Helper()
@@ -194,6 +209,7 @@ func mine(t *testing.T, backend *simulated.Backend, tx *types.Transaction) *type
 	if err := backend.Client().SendTransaction(ctx, tx); err != nil {
 		t.Fatalf("simulated chain refuses %s: %v", tx.Hash(), err)
 	}
+	waitPending(t, backend.Client(), tx)
 	backend.Commit()
 	receipt, err := backend.Client().TransactionReceipt(ctx, tx.Hash())
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
@@ -215,6 +216,12 @@ func TestEachTransactionTypeAcceptedByGoEthereum(t *testing.T) {
 			t.Fatalf("%s: simulated chain refuses the transaction: %v", cases[i].name, err)
 		}
 	}
+	// The pool promotes transactions asynchronously: mine only once all
+	// three are pending, or the block may miss the last one.
+	waitFor(t, 5*time.Second, "all transactions pending", func() bool {
+		n, err := client.PendingNonceAt(ctx, from)
+		return err == nil && n == uint64(len(signed))
+	})
 	backend.Commit()
 	var block *big.Int
 	for i, tx := range signed {

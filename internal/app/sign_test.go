@@ -101,6 +101,7 @@ func TestSignMinedBySimulatedChain(t *testing.T) {
 	if err := client.SendTransaction(ctx, tx); err != nil {
 		t.Fatalf("simulated chain refuses the transaction: %v", err)
 	}
+	waitPending(t, client, tx)
 	backend.Commit()
 	receipt, err := client.TransactionReceipt(ctx, tx.Hash())
 	if err != nil || receipt.Status != types.ReceiptStatusSuccessful {
