@@ -19,6 +19,8 @@ done
 export SOFTHSM2_CONF=$dev/hsm/softhsm2.conf
 
 payload=0x02f082053980843b9aca008477359400825208941111111111111111111111111111111111111111872386f26fc1000080c0
+# 20 ETH to 0x2222…, nonce 1: above the dev policy's 10 ETH, so it waits for 2 officers.
+payload20=0x02f282053901843b9aca0084773594008252089422222222222222222222222222222222222222228901158e460913d0000080c0
 
 provision() {
   umask 077
@@ -41,6 +43,13 @@ provision() {
     --out "$dev" --generate-approval-keys
   "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing \
     --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
+  # Dev policy: transfers above 10 ETH need 2 of the 3 officers' approvals.
+  if [[ ! -f $dev/.policy-set ]]; then
+    "$bin" policy set --config "$dev/appliance.yaml" --key eth-dev \
+      --rules '{"approval_above":{"ETH":"10000000000000000000"},"approvals":2}' \
+      --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
+    touch "$dev/.policy-set"
+  fi
   "$bin" keys create --config "$dev/appliance.yaml" --id btc-dev --chain bitcoin --network regtest --if-missing \
     --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
 }
@@ -50,6 +59,7 @@ serve() {
   -H 'Content-Type: application/json' https://127.0.0.1:$port/v1/sign \\
   -d '{\"key_id\":\"eth-dev\",\"chain\":\"ethereum\",\"network\":\"1337\",\"payload\":\"$payload\",\"idempotency_key\":\"demo-1\"}'"
   echo "$curl_cmd" > "$dev/curl-sign.sh"
+  echo "${curl_cmd/$payload/$payload20}" | sed 's/demo-1/demo-20eth/' > "$dev/curl-sign-20eth.sh"
   cat <<MSG
 
   Appliance (dev) starting on https://127.0.0.1:$port — keys: $("$bin" keys list --config "$dev/appliance.yaml" 2>/dev/null | awk 'NR>1{printf "%s (%s) ", $1, $5}')
@@ -57,7 +67,8 @@ serve() {
 
 $curl_cmd
 
-  (also saved as $dev/curl-sign.sh; Ctrl-C stops the appliance)
+  (also saved as $dev/curl-sign.sh; a 20 ETH transfer that needs two officers' approvals is in
+   $dev/curl-sign-20eth.sh; Ctrl-C stops the appliance)
 
 MSG
   exec "$bin" serve --config "$dev/appliance.yaml"

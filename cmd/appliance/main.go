@@ -43,6 +43,8 @@ Usage:
   appliance init         --config FILE [--so-pin-file FILE]        auto-unseal deployments (PIN from pin-source)
   appliance keys create  --config FILE --id ID [--label L] [--algorithm secp256k1|p256|ed25519]
                          [--chain ethereum --network CHAIN_ID] [--if-missing] [--share-file F ...]
+  appliance policy set   --config FILE --key ID --rules JSON --share-file F [--share-file F ...]
+                         local path for init and dev; a running appliance takes set_policy proposals
   appliance unseal       --share-file F   [--url U --tls-cert C --tls-key K --ca CA]
   appliance freeze       --reason TEXT    [--url U --tls-cert C --tls-key K --ca CA]
   appliance propose      --kind KIND --params JSON  [connection flags]
@@ -93,6 +95,26 @@ func run(args []string, out io.Writer) error {
 		return initCmd(rest)
 	case "keys":
 		return keysCmd(rest, out)
+	case "policy":
+		if len(rest) == 0 || rest[0] != "set" {
+			return usageError{"policy set --config FILE --key ID --rules JSON --share-file F ..."}
+		}
+		var keyID, rules string
+		var shares repeated
+		cfg, log, err := loadConfig("policy set", rest[1:], func(fs *flag.FlagSet) {
+			fs.StringVar(&keyID, "key", "", "key id")
+			fs.StringVar(&rules, "rules", "", "policy rules as JSON")
+			fs.Var(&shares, "share-file", "unseal share file (repeat until the threshold): the quorum's authority")
+		})
+		if err != nil {
+			return err
+		}
+		v, err := app.SetPolicyLocal(context.Background(), cfg, log, keyID, []byte(rules), shares)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "policy of key %s is now version %d\n", keyID, v)
+		return nil
 	case "unseal":
 		return unsealCmd(rest, out)
 	case "freeze":

@@ -128,6 +128,9 @@ func approveCmd(args []string, in io.Reader, out io.Writer) error {
 	}
 	defer clear(priv)
 	ctx := context.Background()
+	if strings.HasPrefix(id, "req_") {
+		return approveRequest(ctx, c, id, priv, yes, in, out)
+	}
 	var p api.ProposalBody
 	if err := c.Do(ctx, "GET", "/v1/proposals/"+id, nil, &p); err != nil {
 		return err
@@ -151,6 +154,36 @@ func approveCmd(args []string, in io.Reader, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "approved: %s is %s (%d of %d)%s\n", res.ID, res.State, len(res.Approvals), res.ApprovalsRequired, suffix(res.Result))
+	return nil
+}
+
+// approveRequest shows a pending signing request's decoded intent and signs
+// its digest.
+func approveRequest(ctx context.Context, c *client.Client, id string, priv ed25519.PrivateKey, yes bool, in io.Reader, out io.Writer) error {
+	var r api.RequestBody
+	if err := c.Do(ctx, "GET", "/v1/requests/"+id, nil, &r); err != nil {
+		return err
+	}
+	intent, _ := json.MarshalIndent(r.Intent, "  ", "  ")
+	fmt.Fprintf(out, "Signing request %s by %s with key %s (%s %s)\n  %s\n  state %s, %d of %d approvals\n  digest %s\n",
+		r.ID, r.Principal, r.KeyID, r.Chain, r.Network, intent, r.State, len(r.Approvals), r.ApprovalsRequired, r.Digest)
+	if !yes {
+		fmt.Fprint(out, "Approve? Type yes: ")
+		var answer string
+		if _, err := fmt.Fscanln(in, &answer); err != nil || answer != "yes" {
+			return fmt.Errorf("not approved")
+		}
+	}
+	digest, err := hex.DecodeString(r.Digest)
+	if err != nil {
+		return fmt.Errorf("digest from the appliance: %w", err)
+	}
+	var res api.RequestBody
+	body := map[string]string{"signature": base64.StdEncoding.EncodeToString(ed25519.Sign(priv, digest))}
+	if err := c.Do(ctx, "POST", "/v1/requests/"+id+"/approvals", body, &res); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "approved: %s is %s (%d of %d)\n", res.ID, res.State, len(res.Approvals), res.ApprovalsRequired)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -98,6 +99,10 @@ type SignedBody struct {
 	TxHash    string `json:"tx_hash,omitempty"`
 	TxID      string `json:"txid,omitempty"`
 	PSBT      string `json:"psbt,omitempty"`
+	// Pending approval (202).
+	Digest            string   `json:"digest,omitempty"`
+	ApprovalsRequired int      `json:"approvals_required,omitempty"`
+	Approvals         []string `json:"approvals,omitempty"`
 }
 
 func (s *Server) sign(c echo.Context) error {
@@ -111,6 +116,10 @@ func (s *Server) sign(c echo.Context) error {
 		return err
 	}
 	c.Set("request_id", res.RequestID)
+	if res.State == store.StatePendingApproval {
+		return c.JSON(http.StatusAccepted, SignedBody{RequestID: res.RequestID, State: res.State, Digest: res.Digest,
+			ApprovalsRequired: res.ApprovalsRequired, Approvals: []string{}})
+	}
 	return c.JSON(http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx,
 		TxHash: res.TxHash, TxID: res.TxID, PSBT: res.PSBT})
 }
@@ -144,8 +153,11 @@ type RequestBody struct {
 	TxID      string            `json:"txid,omitempty"`
 	PSBT      string            `json:"psbt,omitempty"`
 	Error     *apierr.BodyError `json:"error,omitempty"`
-	CreatedAt string            `json:"created_at"`
-	UpdatedAt string            `json:"updated_at"`
+	// Requests sent to officers' approval.
+	ApprovalsRequired int      `json:"approvals_required,omitempty"`
+	Approvals         []string `json:"approvals,omitempty"`
+	CreatedAt         string   `json:"created_at"`
+	UpdatedAt         string   `json:"updated_at"`
 }
 
 func (s *Server) getRequest(c echo.Context) error {
@@ -160,7 +172,69 @@ func (s *Server) getRequest(c echo.Context) error {
 	}
 	c.Set("request_id", r.ID)
 	c.Set("key_id", r.KeyID)
-	return c.JSON(http.StatusOK, requestBody(r))
+	return c.JSON(http.StatusOK, s.requestBodyWithApprovals(c, r))
+}
+
+func (s *Server) requestBodyWithApprovals(c echo.Context, r store.Request) RequestBody {
+	b := requestBody(r)
+	if req, officers, err := s.deps.Signer.Approvals(c.Request().Context(), r.ID); err == nil && req > 0 {
+		b.ApprovalsRequired, b.Approvals = req, officers
+	}
+	return b
+}
+
+// listRequests serves officers and auditors, e.g. ?state=pending_approval.
+func (s *Server) listRequests(c echo.Context) error {
+	state := c.QueryParam("state")
+	if state == "" {
+		state = store.StatePendingApproval
+	}
+	rs, err := s.deps.Signer.List(c.Request().Context(), state)
+	if err != nil {
+		return err
+	}
+	out := make([]RequestBody, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, s.requestBodyWithApprovals(c, r))
+	}
+	return c.JSON(http.StatusOK, map[string]any{"requests": out})
+}
+
+func (s *Server) approveRequest(c echo.Context) error {
+	var b approvalBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	sig, err := base64.StdEncoding.DecodeString(b.Signature)
+	if err != nil {
+		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "signature must be base64")
+	}
+	c.Set("request_id", c.Param("id"))
+	r, err := s.deps.Signer.Approve(c.Request().Context(), principalOf(c), c.Param("id"), sig)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.requestBodyWithApprovals(c, r))
+}
+
+type rejectionBody struct {
+	Reason string `json:"reason"`
+}
+
+func (s *Server) rejectRequest(c echo.Context) error {
+	var b rejectionBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	if b.Reason == "" {
+		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "reason is required")
+	}
+	c.Set("request_id", c.Param("id"))
+	r, err := s.deps.Signer.Reject(c.Request().Context(), principalOf(c), c.Param("id"), b.Reason)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusOK, s.requestBodyWithApprovals(c, r))
 }
 
 func requestBody(r store.Request) RequestBody {

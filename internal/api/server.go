@@ -35,6 +35,10 @@ type Signer interface {
 	Sign(ctx context.Context, p *access.Principal, req signing.Request) (*signing.Result, error)
 	Evaluate(ctx context.Context, p *access.Principal, req signing.Request) (*signing.Evaluation, error)
 	Get(ctx context.Context, id string) (store.Request, error)
+	Approve(ctx context.Context, officer *access.Principal, id string, sig []byte) (store.Request, error)
+	Reject(ctx context.Context, officer *access.Principal, id, reason string) (store.Request, error)
+	List(ctx context.Context, state string) ([]store.Request, error)
+	Approvals(ctx context.Context, id string) (required int, officers []string, err error)
 }
 
 // Keys is what the API needs from the key registry.
@@ -109,7 +113,10 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/keys", s.listKeys, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
+	v1.GET("/requests", s.listRequests, s.requireAny(access.RoleOfficer, access.RoleAuditor))
 	v1.GET("/requests/:id", s.getRequest, s.registered)
+	v1.POST("/requests/:id/approvals", s.approveRequest, s.requireAny(access.RoleOfficer))
+	v1.POST("/requests/:id/rejections", s.rejectRequest, s.requireAny(access.RoleOfficer))
 	v1.POST("/policy/evaluate", s.evaluate, s.requireAny(access.RoleClient, access.RoleOfficer))
 	v1.POST("/addresses/validate", s.validateAddress, s.requireAny(access.RoleClient, access.RoleOfficer))
 	officer := s.requireAny(access.RoleOfficer)

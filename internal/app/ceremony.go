@@ -20,6 +20,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/ceremony"
 	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -220,4 +221,33 @@ func LoadApprovalKey(file string) (ed25519.PrivateKey, error) {
 		return nil, fmt.Errorf("%s: not an Ed25519 key", file)
 	}
 	return priv, nil
+}
+
+// SetPolicyLocal installs a new version of a key's policy rules from the
+// command line, for init and dev. It needs the quorum's shares (checked
+// against the ceremony's verifier), as a set_policy proposal would.
+func SetPolicyLocal(ctx context.Context, cfg *config.Config, log *zap.Logger, keyID string, rules []byte, shareFiles []string) (int, error) {
+	r, err := policy.ParseRules(rules)
+	if err != nil {
+		return 0, err
+	}
+	st, err := store.Open(ctx, cfg.Store.Path, log.Named("store"))
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	pin, err := PINFromShares(ctx, st, shareFiles)
+	if err != nil {
+		return 0, fmt.Errorf("the quorum's shares: %w", err)
+	}
+	clear(pin)
+	var v int
+	err = st.WriteTx(ctx, func(tx *store.Tx) error {
+		var err error
+		if v, err = policy.SetRules(ctx, tx, keyID, r, "local: quorum of shares"); err != nil {
+			return err
+		}
+		return store.AppendEvent(ctx, tx, "policy", "local", fmt.Sprintf("key %s version %d", keyID, v))
+	})
+	return v, err
 }

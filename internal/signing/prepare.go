@@ -46,8 +46,10 @@ type prepared struct {
 	refuse error
 	// policy is what the key's policy rules judge.
 	policy policy.Intent
-	expect func(Expect) error
-	signer chainSigner
+	// pending is set when the rules send the request to officers.
+	pending *store.Pending
+	expect  func(Expect) error
+	signer  chainSigner
 }
 
 // prepare decodes the payload for the key's chain and enforces its network.

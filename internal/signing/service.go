@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -82,6 +83,9 @@ type Result struct {
 	TxHash    string // Ethereum: 0x-hex
 	TxID      string // Bitcoin
 	PSBT      string // Bitcoin: base64 with the appliance's partial signatures
+	// Pending approval: what officers sign, and how many must.
+	Digest            string
+	ApprovalsRequired int
 }
 
 // Screener checks a destination against the known-risk lists.
@@ -100,7 +104,11 @@ type Service struct {
 	records  RecordObserver
 	screener Screener
 	rules    *policy.Engine
-	now      func() time.Time
+	officers Officers
+	// approvalTTL bounds how long a request waits for its approvals.
+	approvalTTL time.Duration
+	approving   sync.Mutex // approvals, rejections and the signing they trigger happen one at a time
+	now         func() time.Time
 }
 
 // New returns a Service. Every dependency is required; h returns the HSM
@@ -199,6 +207,11 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		if err != nil {
 			return err
 		}
+		if d.Outcome == policy.NeedsApproval && s.officers != nil {
+			prep.pending = &store.Pending{Digest: approvalDigest(r.ID, key, prep.payload, prep.intent, d.Version),
+				ApprovalsRequired: d.Approvals, ExpiresAt: s.now().Add(s.approvalTTL), PolicyVersion: d.Version}
+			return store.PendRequestTx(ctx, tx, r.ID, *prep.pending)
+		}
 		if prep.refuse = decisionError(d); prep.refuse != nil {
 			ae := apierr.From(prep.refuse)
 			code, message = ae.Code, ae.Message
@@ -222,6 +235,11 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		return s.replay(ctx, h, rec, key, prep)
 	}
 	s.records.RecordOK()
+	if prep.pending != nil {
+		rec.Digest = prep.pending.Digest
+		s.log.Info("request awaits officer approvals", zap.String("request_id", rec.ID), zap.Int("approvals_required", prep.pending.ApprovalsRequired))
+		return pendingResult(rec, prep.pending.ApprovalsRequired), nil
+	}
 	if prep.refuse != nil {
 		s.log.Warn("request denied", zap.String("request_id", rec.ID), zap.String("code", code), zap.String("reason", message))
 		return nil, prep.refuse
@@ -240,6 +258,12 @@ func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *
 		return resultOf(rec), nil
 	case store.StateDenied:
 		return nil, apierr.New(deniedStatus(rec.ErrorCode), rec.ErrorCode, "%s", rec.ErrorMessage)
+	case store.StatePendingApproval:
+		pend, _, err := s.officers.PendingOf(ctx, rec.ID)
+		if err != nil {
+			return nil, apierr.Internal(err)
+		}
+		return pendingResult(rec, pend.ApprovalsRequired), nil
 	case store.StateFailed:
 		if err := s.store.RestartRequest(ctx, rec.ID); err != nil {
 			return nil, apierr.Internal(fmt.Errorf("restart request %s: %w", rec.ID, err))
@@ -299,9 +323,12 @@ func resultOf(rec store.Request) *Result {
 	return r
 }
 
-// EnforcePolicy evaluates every request against its key's policy rules.
-// Call it before serving.
-func (s *Service) EnforcePolicy(e *policy.Engine) { s.rules = e }
+// EnforcePolicy evaluates every request against its key's policy rules;
+// requests the rules send to a quorum wait for officers (registered in o)
+// for at most ttl. Call it before serving.
+func (s *Service) EnforcePolicy(e *policy.Engine, o Officers, ttl time.Duration) {
+	s.rules, s.officers, s.approvalTTL = e, o, ttl
+}
 
 // decisionError turns a policy decision into the API's refusal, or nil.
 // Transaction approvals by officers are not wired yet: a request that needs

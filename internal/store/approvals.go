@@ -1,0 +1,108 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// States of a request sent to officers' approval.
+const (
+	StatePendingApproval = "pending_approval"
+	StateRejected        = "rejected"
+	StateExpired         = "expired"
+)
+
+// Pending is what a request waiting for approvals records.
+type Pending struct {
+	Digest            []byte // what officers sign: binds the request (see signing)
+	ApprovalsRequired int
+	ExpiresAt         time.Time
+	PolicyVersion     int
+}
+
+// PendRequestTx marks a request just created in tx as waiting for approvals.
+func PendRequestTx(ctx context.Context, tx *Tx, id string, p Pending) error {
+	_, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, digest = ?, approvals_required = ?, expires_at = ?, policy_version = ?
+		WHERE id = ?`, StatePendingApproval, p.Digest, p.ApprovalsRequired, p.ExpiresAt.UnixNano(), p.PolicyVersion, id)
+	if err != nil {
+		return fmt.Errorf("store: pend request %s: %w", id, err)
+	}
+	return nil
+}
+
+// PendingOf reads a request's approval bookkeeping.
+func (s *Store) PendingOf(ctx context.Context, id string) (Pending, []Approval, error) {
+	var p Pending
+	var exp int64
+	err := s.r.QueryRowContext(ctx, `SELECT approvals_required, expires_at, policy_version FROM requests WHERE id = ?`, id).
+		Scan(&p.ApprovalsRequired, &exp, &p.PolicyVersion)
+	if err != nil {
+		return p, nil, fmt.Errorf("store: pending %s: %w", id, err)
+	}
+	if exp > 0 {
+		p.ExpiresAt = time.Unix(0, exp).UTC()
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT officer, signature, at FROM request_approvals WHERE request_id = ? ORDER BY at, officer`, id)
+	if err != nil {
+		return p, nil, fmt.Errorf("store: approvals of %s: %w", id, err)
+	}
+	defer rows.Close()
+	var out []Approval
+	for rows.Next() {
+		var a Approval
+		var at int64
+		if err := rows.Scan(&a.Officer, &a.Signature, &at); err != nil {
+			return p, nil, err
+		}
+		a.At = time.Unix(0, at).UTC()
+		out = append(out, a)
+	}
+	return p, out, rows.Err()
+}
+
+// AddRequestApprovalTx records an officer's approval; a second one by the
+// same officer is ErrConflict.
+func AddRequestApprovalTx(ctx context.Context, tx *Tx, id string, a Approval) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO request_approvals (request_id, officer, signature, at) VALUES (?, ?, ?, ?)`,
+		id, a.Officer, a.Signature, a.At.UnixNano())
+	if isUnique(err) {
+		return fmt.Errorf("store: %s already approved %s: %w", a.Officer, id, ErrConflict)
+	}
+	if err != nil {
+		return fmt.Errorf("store: approve %s: %w", id, err)
+	}
+	return nil
+}
+
+// MoveRequestTx changes a request's state from one to another inside tx,
+// recording a reason for final refusals; ErrConflict if it was not in from.
+func MoveRequestTx(ctx context.Context, tx *Tx, id, from, to, code, message string) error {
+	res, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ? AND state = ?`,
+		to, code, message, time.Now().UTC().UnixNano(), id, from)
+	if err != nil {
+		return fmt.Errorf("store: move request %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("store: request %s is not %s: %w", id, from, ErrConflict)
+	}
+	return nil
+}
+
+// ListRequests returns requests in a state, newest first.
+func (s *Store) ListRequests(ctx context.Context, state string, limit int) ([]Request, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+requestColumns+` FROM requests WHERE state = ? ORDER BY created_at DESC LIMIT ?`, state, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: list requests: %w", err)
+	}
+	defer rows.Close()
+	var out []Request
+	for rows.Next() {
+		r, err := scanRequest(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
