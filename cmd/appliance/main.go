@@ -45,6 +45,7 @@ Usage:
                          [--chain ethereum --network CHAIN_ID] [--if-missing] [--share-file F ...]
   appliance policy set   --config FILE --key ID --rules JSON --share-file F [--share-file F ...]
                          local path for init and dev; a running appliance takes set_policy proposals
+  appliance requests     list [--state S] | show --request ID  [connection flags]
   appliance unseal       --share-file F   [--url U --tls-cert C --tls-key K --ca CA]
   appliance freeze       --reason TEXT    [--url U --tls-cert C --tls-key K --ca CA]
   appliance propose      --kind KIND --params JSON  [connection flags]
@@ -115,6 +116,8 @@ func run(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "policy of key %s is now version %d\n", keyID, v)
 		return nil
+	case "requests":
+		return requestsCmd(rest, out)
 	case "unseal":
 		return unsealCmd(rest, out)
 	case "freeze":

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -224,4 +225,31 @@ func describe(kind string, raw json.RawMessage) string {
 	default:
 		return kind + " " + string(raw)
 	}
+}
+
+// requestsCmd lists pending requests or shows one, with its decoded intent.
+func requestsCmd(args []string, out io.Writer) error {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "show") {
+		return usageError{"requests list [--state S] | requests show --request ID"}
+	}
+	var state, id string
+	c, err := newClient("requests "+args[0], args[1:], func(fs *flag.FlagSet) {
+		fs.StringVar(&state, "state", "pending_approval", "state to list")
+		fs.StringVar(&id, "request", "", "request id to show")
+	})
+	if err != nil {
+		return err
+	}
+	var res any
+	path := "/v1/requests?state=" + url.QueryEscape(state)
+	if args[0] == "show" {
+		if id == "" {
+			return usageError{"requests show: --request is required"}
+		}
+		path = "/v1/requests/" + url.PathEscape(id)
+	}
+	if err := c.Do(context.Background(), "GET", path, nil, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
 }

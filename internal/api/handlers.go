@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/labstack/echo/v4"
 
@@ -160,19 +161,48 @@ type RequestBody struct {
 	UpdatedAt         string   `json:"updated_at"`
 }
 
+// maxWait bounds GET /v1/requests/{id}?wait=.
+const maxWait = 60 * time.Second
+
 func (s *Server) getRequest(c echo.Context) error {
 	id := c.Param("id")
+	var wait time.Duration
+	if w := c.QueryParam("wait"); w != "" {
+		d, err := time.ParseDuration(w)
+		if err != nil || d < 0 {
+			return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "wait must be a duration like 30s")
+		}
+		wait = min(d, maxWait)
+	}
 	r, err := s.deps.Signer.Get(c.Request().Context(), id)
 	if err != nil {
 		return err
 	}
-	p := principalOf(c)
-	if r.Principal != p.Name && !p.HasAny(access.RoleOfficer, access.RoleAuditor) {
+	// Long-poll: wait for a final state, bounded, and only for a caller who
+	// may see the request.
+	deadline := time.Now().Add(wait)
+	for wait > 0 && (r.State == store.StatePendingApproval || r.State == store.StateSigning) && time.Now().Before(deadline) && s.mayRead(c, r) {
+		select {
+		case <-c.Request().Context().Done():
+			return c.Request().Context().Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if r, err = s.deps.Signer.Get(c.Request().Context(), id); err != nil {
+			return err
+		}
+	}
+	if !s.mayRead(c, r) {
 		return apierr.New(http.StatusNotFound, apierr.CodeNotFound, "no request %q", id)
 	}
 	c.Set("request_id", r.ID)
 	c.Set("key_id", r.KeyID)
 	return c.JSON(http.StatusOK, s.requestBodyWithApprovals(c, r))
+}
+
+// mayRead: a request is visible to its requester, officers and auditors.
+func (s *Server) mayRead(c echo.Context, r store.Request) bool {
+	p := principalOf(c)
+	return r.Principal == p.Name || p.HasAny(access.RoleOfficer, access.RoleAuditor)
 }
 
 func (s *Server) requestBodyWithApprovals(c echo.Context, r store.Request) RequestBody {

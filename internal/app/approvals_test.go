@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
@@ -80,6 +81,13 @@ func TestTransactionApprovals(t *testing.T) {
 	if list.status != 200 || !strings.Contains(string(list.body), idA) || !strings.Contains(string(list.body), idB) || !strings.Contains(string(list.body), `"value":"20000000000000000000"`) {
 		t.Fatalf("pending list: %d %s", list.status, list.body)
 	}
+	// The requester long-polls while the second officer approves.
+	polled := make(chan answer, 1)
+	go func() {
+		a, _ := q.do(c, "GET", "/v1/requests/"+idA+"?wait=20s", nil)
+		polled <- a
+	}()
+	time.Sleep(300 * time.Millisecond)
 	r := q.approveRequest(2, idA, q.approval[1], digestA)
 	if r.status != 200 || r.json(t)["state"] != "signed" {
 		t.Fatalf("second approval: %d %s", r.status, r.body)
@@ -88,6 +96,9 @@ func TestTransactionApprovals(t *testing.T) {
 	tx := new(types.Transaction)
 	if err := tx.UnmarshalBinary(raw); err != nil || tx.Value().Cmp(eth(20)) != 0 {
 		t.Fatalf("signed tx: %v %v", err, tx.Value())
+	}
+	if p := <-polled; p.status != 200 || p.json(t)["state"] != "signed" || p.json(t)["signed_tx"] != r.json(t)["signed_tx"] {
+		t.Fatalf("long-poll: %d %s", p.status, p.body)
 	}
 	// The requester's retry with its idempotency key gets the same signature.
 	again := q.must(c, "POST", "/v1/sign", bodyA)

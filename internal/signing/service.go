@@ -330,16 +330,17 @@ func (s *Service) EnforcePolicy(e *policy.Engine, o Officers, ttl time.Duration)
 	s.rules, s.officers, s.approvalTTL = e, o, ttl
 }
 
-// decisionError turns a policy decision into the API's refusal, or nil.
-// Transaction approvals by officers are not wired yet: a request that needs
-// them is refused (fail closed) rather than signed.
+// decisionError turns a policy decision into the API's refusal, or nil. A
+// needs-approval decision reaching it (no officers registered, or a re-check
+// at quorum that now wants more approvals than were given) is refused: fail
+// closed, never signed without its approvals.
 func decisionError(d policy.Decision) error {
 	switch d.Outcome {
 	case policy.Allow:
 		return nil
 	case policy.NeedsApproval:
 		return apierr.New(http.StatusForbidden, apierr.CodePolicyDenied,
-			"%s: needs %d officer approvals (policy version %d); transaction approvals are not available yet, so it is refused", d.Rule, d.Approvals, d.Version)
+			"%s: needs %d officer approvals (policy version %d)", d.Rule, d.Approvals, d.Version)
 	}
 	status := http.StatusForbidden
 	if d.Code == apierr.CodeRateLimited {
