@@ -137,3 +137,34 @@ func TestApprovedRequestRecheckedAgainstPolicy(t *testing.T) {
 		t.Fatalf("re-check at quorum: %d %s", r.status, r.body)
 	}
 }
+
+// TestRequestApprovalLimits: the requester cannot approve its own request,
+// even holding the officer role; approvals end with the request's expiry.
+func TestRequestApprovalLimits(t *testing.T) {
+	q := newQuorumEnv(t, "seal: {proposal_ttl: 3s}\n")
+	q.start()
+	q.unseal(1, 2)
+	q.setPolicy(`{"approval_above":{"ETH":"10000000000000000000"},"approvals":2}`)
+	// officer1 also becomes a client of eth-dev, by quorum.
+	p := q.propose(2, "add_principal", `{"name":"`+testPrincipalPrefix+`officer1","roles":["officer","client"],"keys":["eth-dev"]}`)
+	q.approve(2, p["proposal_id"].(string), q.approval[1], p["digest"].(string))
+	q.approve(3, p["proposal_id"].(string), q.approval[2], p["digest"].(string))
+	to := common.HexToAddress("0x00000000000000000000000000000000000000e3")
+	own := q.must(q.client("officer1"), "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 0, to, eth(20)), "own"))
+	if own.status != http.StatusAccepted {
+		t.Fatalf("officer1 as client: %d %s", own.status, own.body)
+	}
+	if r := q.approveRequest(1, own.json(t)["request_id"].(string), q.approval[0], own.json(t)["digest"].(string)); r.status != 403 {
+		t.Fatalf("requester approves its own request: %d %s", r.status, r.body)
+	}
+	// Expiry: the request outlives its approval window.
+	late := q.must(q.client("client"), "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 1, to, eth(20)), "late"))
+	time.Sleep(3100 * time.Millisecond)
+	r := q.approveRequest(2, late.json(t)["request_id"].(string), q.approval[1], late.json(t)["digest"].(string))
+	if r.status != 409 || r.code(t) != "expired" {
+		t.Fatalf("approval after expiry: %d %s", r.status, r.body)
+	}
+	if g := q.must(q.client("client"), "GET", "/v1/requests/"+late.json(t)["request_id"].(string), nil); g.json(t)["state"] != "expired" {
+		t.Fatalf("expired request: %s", g.body)
+	}
+}

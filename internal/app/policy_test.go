@@ -105,3 +105,27 @@ func TestPolicyRateLimitRetryAfter(t *testing.T) {
 		t.Fatalf("Retry-After %q", ra)
 	}
 }
+
+// TestPolicyAllowsContractCallsPerSelector: contract calls are refused
+// unless the key's policy allows that contract and function selector.
+func TestPolicyAllowsContractCallsPerSelector(t *testing.T) {
+	q := newQuorumEnv(t, "")
+	q.start()
+	q.unseal(1, 2)
+	contract := common.HexToAddress("0x00000000000000000000000000000000000000d3")
+	c := q.client("client")
+	call := func(nonce uint64, selector []byte, idem string) answer {
+		data := append(selector, make([]byte, 32)...)
+		return q.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559Data(t, nonce, contract, big.NewInt(0), data), idem))
+	}
+	if a := call(0, []byte{0xde, 0xad, 0xbe, 0xef}, "c0"); a.status != 403 || a.code(t) != "policy_denied" {
+		t.Fatalf("before any allowance: %d %s", a.status, a.body)
+	}
+	q.setPolicy(`{"contracts":{"` + contract.Hex() + `":["0xdeadbeef"]}}`)
+	if a := call(1, []byte{0xde, 0xad, 0xbe, 0xef}, "c1"); a.status != 200 {
+		t.Fatalf("allowed selector: %d %s", a.status, a.body)
+	}
+	if a := call(2, []byte{0xca, 0xfe, 0xba, 0xbe}, "c2"); a.status != 403 || a.code(t) != "policy_denied" {
+		t.Fatalf("other selector: %d %s", a.status, a.body)
+	}
+}

@@ -72,11 +72,14 @@ func prepareEthereum(key *Key, req Request) (*prepared, error) {
 		p.destinations = append(p.destinations, destination{chain: screening.Ethereum, address: a.Hex(), role: role})
 	}
 	p.policy = ethereumPolicyIntent(tx, in)
+	// The policy engine decides contract calls (refused unless its rules
+	// allow the contract and selector) and contract creation (refused);
+	// without an engine, the same defaults apply here.
 	switch in.Kind {
 	case ethereum.KindContractCreation:
-		p.refuse = policyDenied("contract creation is not signed by default")
+		p.unpoliced = policyDenied("contract creation is not signed by default")
 	case ethereum.KindContractCall:
-		p.refuse = policyDenied("calls to contract %s (selector %s) are not allowed by policy", in.To, in.Selector)
+		p.unpoliced = policyDenied("calls to contract %s (selector %s) are not allowed by policy", in.To, in.Selector)
 	}
 	return p, nil
 }

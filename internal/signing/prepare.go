@@ -42,8 +42,10 @@ type prepared struct {
 	intent       []byte
 	digest       []byte
 	destinations []destination
-	// refuse is the chain's default refusal (e.g. contract calls); nil if none.
+	// refuse is set once a check after decoding refused the request.
 	refuse error
+	// unpoliced is the chain's default refusal when no policy engine runs.
+	unpoliced error
 	// policy is what the key's policy rules judge.
 	policy policy.Intent
 	// pending is set when the rules send the request to officers.

@@ -363,8 +363,8 @@ func deniedStatus(code string) int {
 // refusal applies the checks that follow decoding: the chain's default
 // policy, the caller's expectation, and known-risk screening.
 func (s *Service) refusal(p *prepared, req Request) error {
-	if p.refuse != nil {
-		return p.refuse
+	if s.rules == nil && p.unpoliced != nil {
+		return p.unpoliced
 	}
 	if req.Expect != nil {
 		if err := p.expect(*req.Expect); err != nil {
