@@ -139,6 +139,28 @@ func (s *Server) evaluate(c echo.Context) error {
 	return c.JSON(http.StatusOK, ev)
 }
 
+type allowlistBody struct {
+	KeyID   string `json:"key_id"`
+	Address string `json:"address"`
+}
+
+// addAllowlist: one officer adds a destination, effective after the time lock.
+func (s *Server) addAllowlist(c echo.Context) error {
+	var b allowlistBody
+	if err := decodeJSON(c, &b); err != nil {
+		return err
+	}
+	if b.KeyID == "" || b.Address == "" {
+		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "key_id and address are required")
+	}
+	c.Set("key_id", b.KeyID)
+	res, err := s.deps.Signer.AddAllowlist(c.Request().Context(), principalOf(c), b.KeyID, b.Address)
+	if err != nil {
+		return err
+	}
+	return c.JSON(http.StatusCreated, res)
+}
+
 // RequestBody is the JSON of GET /v1/requests/{id}.
 type RequestBody struct {
 	ID        string            `json:"request_id"`

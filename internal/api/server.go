@@ -38,6 +38,7 @@ type Signer interface {
 	Approve(ctx context.Context, officer *access.Principal, id string, sig []byte) (store.Request, error)
 	Reject(ctx context.Context, officer *access.Principal, id, reason string) (store.Request, error)
 	List(ctx context.Context, state string) ([]store.Request, error)
+	AddAllowlist(ctx context.Context, officer *access.Principal, keyID, addr string) (*signing.Allowlisted, error)
 	Approvals(ctx context.Context, id string) (required int, officers []string, err error)
 }
 
@@ -117,6 +118,7 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/requests/:id", s.getRequest, s.registered)
 	v1.POST("/requests/:id/approvals", s.approveRequest, s.requireAny(access.RoleOfficer))
 	v1.POST("/requests/:id/rejections", s.rejectRequest, s.requireAny(access.RoleOfficer))
+	v1.POST("/allowlist", s.addAllowlist, s.requireAny(access.RoleOfficer))
 	v1.POST("/policy/evaluate", s.evaluate, s.requireAny(access.RoleClient, access.RoleOfficer))
 	v1.POST("/addresses/validate", s.validateAddress, s.requireAny(access.RoleClient, access.RoleOfficer))
 	officer := s.requireAny(access.RoleOfficer)

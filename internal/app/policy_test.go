@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ethereum/go-ethereum/common"
 
@@ -127,5 +128,48 @@ func TestPolicyAllowsContractCallsPerSelector(t *testing.T) {
 	}
 	if a := call(2, []byte{0xca, 0xfe, 0xba, 0xbe}, "c2"); a.status != 403 || a.code(t) != "policy_denied" {
 		t.Fatalf("other selector: %d %s", a.status, a.body)
+	}
+}
+
+// TestAllowlistTimeLock: in allowlist mode only allowlisted destinations
+// receive; one officer's addition takes effect after the time lock, the
+// quorum's at once.
+func TestAllowlistTimeLock(t *testing.T) {
+	q := newQuorumEnv(t, "")
+	q.start()
+	q.unseal(1, 2)
+	q.setPolicy(`{"allowlist":true,"allowlist_delay":"2s"}`)
+	c := q.client("client")
+	x := common.HexToAddress("0x00000000000000000000000000000000000000d4")
+	y := common.HexToAddress("0x00000000000000000000000000000000000000d5")
+	send := func(to common.Address, nonce uint64) answer {
+		return q.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, nonce, to, big.NewInt(1)), fmt.Sprintf("al-%d", nonce)))
+	}
+	if a := send(x, 0); a.status != 403 || a.code(t) != "address_denied" {
+		t.Fatalf("not allowlisted: %d %s", a.status, a.body)
+	}
+	add := q.must(q.client("officer3"), "POST", "/v1/allowlist", map[string]string{"key_id": "eth-dev", "address": strings.ToLower(x.Hex())})
+	if add.status != http.StatusCreated || add.json(t)["address"] != x.Hex() {
+		t.Fatalf("allowlist add: %d %s", add.status, add.body)
+	}
+	if a := send(x, 1); a.status != 403 || a.code(t) != "address_denied" {
+		t.Fatalf("inside the time lock: %d %s", a.status, a.body)
+	}
+	// The quorum's addition needs no wait.
+	p := q.propose(1, "allowlist_add", `{"key_id":"eth-dev","address":"`+y.Hex()+`"}`)
+	q.approve(1, p["proposal_id"].(string), q.approval[0], p["digest"].(string))
+	q.approve(2, p["proposal_id"].(string), q.approval[1], p["digest"].(string))
+	if a := send(y, 2); a.status != 200 {
+		t.Fatalf("quorum-added destination: %d %s", a.status, a.body)
+	}
+	// Wait the time lock out rather than polling: every refusal counts
+	// toward the automatic freeze on bursts of denials.
+	eff, err := time.Parse(time.RFC3339Nano, add.json(t)["effective_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(eff) + 100*time.Millisecond)
+	if a := send(x, 3); a.status != 200 {
+		t.Fatalf("after the time lock: %d %s", a.status, a.body)
 	}
 }

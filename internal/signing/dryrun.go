@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net/http"
+	"time"
 
 	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/address"
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
@@ -35,7 +39,7 @@ func (s *Service) Evaluate(ctx context.Context, p *access.Principal, req Request
 		return nil, err
 	}
 	if !p.Granted(key.ID) && !p.Has(access.RoleOfficer) {
-		return nil, apierr.New(403, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
+		return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
 	}
 	prep, err := s.prepare(key, req)
 	if err != nil {
@@ -70,4 +74,44 @@ func (s *Service) Evaluate(ctx context.Context, p *access.Principal, req Request
 		ev.Decision = "deny"
 	}
 	return ev, nil
+}
+
+// Allowlisted is the answer of an allowlist addition.
+type Allowlisted struct {
+	KeyID       string    `json:"key_id"`
+	Address     string    `json:"address"`
+	EffectiveAt time.Time `json:"effective_at"`
+}
+
+// AddAllowlist lets one officer add a destination to a key's allowlist. It
+// takes effect only after the key's policy time lock (allowlist_delay); the
+// quorum's allowlist_add proposal is effective at once. The address is
+// validated for the key's chain and network and stored in its normal form.
+func (s *Service) AddAllowlist(ctx context.Context, officer *access.Principal, keyID, addr string) (*Allowlisted, error) {
+	key, err := s.keys.Get(keyID)
+	if err != nil {
+		return nil, err
+	}
+	v, err := address.Validate(key.Chain, key.Network, addr, nil)
+	if err != nil || !v.Valid {
+		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeAddressInvalid, "%s is not a valid %s %s address: %s", addr, key.Chain, key.Network, v.Reason)
+	}
+	out := &Allowlisted{KeyID: key.ID, Address: v.Normalized}
+	err = s.store.WriteTx(ctx, func(tx *store.Tx) error {
+		rules, _, err := policy.CurrentRules(ctx, tx, key.ID)
+		if err != nil {
+			return err
+		}
+		if out.EffectiveAt, err = rules.AllowlistEffectiveAt(s.now().UTC(), false); err != nil {
+			return err
+		}
+		if err := policy.AddAllowlist(ctx, tx, key.ID, v.Normalized, out.EffectiveAt, officer.Name); err != nil {
+			return err
+		}
+		return store.AppendEvent(ctx, tx, "allowlist_add", officer.Name, fmt.Sprintf("%s %s effective %s", key.ID, v.Normalized, out.EffectiveAt.Format(time.RFC3339)))
+	})
+	if err != nil {
+		return nil, apierr.Internal(err)
+	}
+	return out, nil
 }
