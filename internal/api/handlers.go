@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -253,13 +252,9 @@ func (s *Server) listRequests(c echo.Context) error {
 }
 
 func (s *Server) approveRequest(c echo.Context) error {
-	var b approvalBody
-	if err := decodeJSON(c, &b); err != nil {
-		return err
-	}
-	sig, err := base64.StdEncoding.DecodeString(b.Signature)
+	sig, err := decodeSignature(c)
 	if err != nil {
-		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "signature must be base64")
+		return err
 	}
 	c.Set("request_id", c.Param("id"))
 	r, err := s.deps.Signer.Approve(c.Request().Context(), principalOf(c), c.Param("id"), sig)

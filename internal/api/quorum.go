@@ -145,18 +145,27 @@ type approvalBody struct {
 	Signature string `json:"signature"`
 }
 
+// decodeSignature reads an approval body: a base64 Ed25519 signature.
+func decodeSignature(c echo.Context) ([]byte, error) {
+	var b approvalBody
+	if err := decodeJSON(c, &b); err != nil {
+		return nil, err
+	}
+	sig, err := base64.StdEncoding.DecodeString(b.Signature)
+	if err != nil {
+		return nil, apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "signature must be base64")
+	}
+	return sig, nil
+}
+
 func (s *Server) approveProposal(c echo.Context) error {
 	g, err := s.governance()
 	if err != nil {
 		return err
 	}
-	var b approvalBody
-	if err := decodeJSON(c, &b); err != nil {
-		return err
-	}
-	sig, err := base64.StdEncoding.DecodeString(b.Signature)
+	sig, err := decodeSignature(c)
 	if err != nil {
-		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "signature must be base64")
+		return err
 	}
 	p, err := g.Approve(c.Request().Context(), principalOf(c).Name, c.Param("id"), sig)
 	if err != nil {

@@ -44,7 +44,7 @@ type Store interface {
 	WriteTx(ctx context.Context, fn func(tx *store.Tx) error) error
 	GetProposal(ctx context.Context, id string) (store.Proposal, error)
 	ListProposals(ctx context.Context, state string, limit int) ([]store.Proposal, error)
-	ListOfficers(ctx context.Context) ([]store.Officer, error)
+	OfficerKey(ctx context.Context, name string) (ed25519.PublicKey, error)
 	GetCeremony(ctx context.Context) (store.Ceremony, error)
 }
 
@@ -192,7 +192,7 @@ func (s *Service) Approve(ctx context.Context, officer, id string, sig []byte) (
 	if !bytes.Equal(Digest(p), p.Digest) {
 		return p, apierr.Internal(fmt.Errorf("proposal %s: stored digest does not match its fields", id))
 	}
-	key, err := s.officerKey(ctx, officer)
+	key, err := OfficerKey(ctx, s.st, officer)
 	if err != nil {
 		return p, err
 	}
@@ -225,17 +225,19 @@ func (s *Service) Approve(ctx context.Context, officer, id string, sig []byte) (
 	return s.st.GetProposal(ctx, id)
 }
 
-func (s *Service) officerKey(ctx context.Context, officer string) (ed25519.PublicKey, error) {
-	officers, err := s.st.ListOfficers(ctx)
+// OfficerKey returns an officer's approval key, mapping a missing one to the
+// API's refusal. Proposals and transaction approvals share it.
+func OfficerKey(ctx context.Context, st interface {
+	OfficerKey(context.Context, string) (ed25519.PublicKey, error)
+}, officer string) (ed25519.PublicKey, error) {
+	k, err := st.OfficerKey(ctx, officer)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s has no registered approval key", officer)
+	}
 	if err != nil {
 		return nil, apierr.Internal(err)
 	}
-	for _, o := range officers {
-		if o.Name == officer && len(o.ApprovalKey) == ed25519.PublicKeySize {
-			return ed25519.PublicKey(o.ApprovalKey), nil
-		}
-	}
-	return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s has no registered approval key", officer)
+	return k, nil
 }
 
 // execute runs the proposal and records the outcome; s.mu is held.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/governance"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -47,7 +48,7 @@ func pendingResult(rec store.Request, required int) *Result {
 
 // Officers lists the registered approval keys.
 type Officers interface {
-	ListOfficers(ctx context.Context) ([]store.Officer, error)
+	OfficerKey(ctx context.Context, name string) (ed25519.PublicKey, error)
 	PendingOf(ctx context.Context, id string) (store.Pending, []store.Approval, error)
 	ListRequests(ctx context.Context, state string, limit int) ([]store.Request, error)
 }
@@ -59,12 +60,9 @@ type Officers interface {
 func (s *Service) Approve(ctx context.Context, officer *access.Principal, id string, sig []byte) (store.Request, error) {
 	s.approving.Lock()
 	defer s.approving.Unlock()
-	rec, err := s.Get(ctx, id)
+	rec, err := s.pendingRecord(ctx, id)
 	if err != nil {
 		return rec, err
-	}
-	if rec.State != store.StatePendingApproval {
-		return rec, apierr.New(http.StatusConflict, apierr.CodeConflict, "request %s is %s, not pending approval", id, rec.State)
 	}
 	pend, approvals, err := s.officers.PendingOf(ctx, id)
 	if err != nil {
@@ -77,7 +75,7 @@ func (s *Service) Approve(ctx context.Context, officer *access.Principal, id str
 	if officer.Name == rec.Principal {
 		return rec, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "the requester cannot approve its own request")
 	}
-	pub, err := s.officerKey(ctx, officer.Name)
+	pub, err := governance.OfficerKey(ctx, s.officers, officer.Name)
 	if err != nil {
 		return rec, err
 	}
@@ -164,15 +162,21 @@ func (s *Service) signApproved(ctx context.Context, rec store.Request, approvals
 func (s *Service) Reject(ctx context.Context, officer *access.Principal, id, reason string) (store.Request, error) {
 	s.approving.Lock()
 	defer s.approving.Unlock()
-	rec, err := s.Get(ctx, id)
+	rec, err := s.pendingRecord(ctx, id)
 	if err != nil {
 		return rec, err
 	}
-	if rec.State != store.StatePendingApproval {
-		return rec, apierr.New(http.StatusConflict, apierr.CodeConflict, "request %s is %s, not pending approval", id, rec.State)
-	}
 	s.finish(ctx, rec, store.StateRejected, "rejected", fmt.Sprintf("rejected by %s: %s", officer.Name, reason))
 	return s.Get(ctx, id)
+}
+
+// pendingRecord reads a request that must be waiting for approvals.
+func (s *Service) pendingRecord(ctx context.Context, id string) (store.Request, error) {
+	rec, err := s.Get(ctx, id)
+	if err == nil && rec.State != store.StatePendingApproval {
+		err = apierr.New(http.StatusConflict, apierr.CodeConflict, "request %s is %s, not pending approval", id, rec.State)
+	}
+	return rec, err
 }
 
 // finish moves a pending request to a final state and releases its usage.
@@ -191,19 +195,6 @@ func (s *Service) finish(ctx context.Context, rec store.Request, state, code, me
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		s.log.Error("finishing a pending request", zap.String("request_id", rec.ID), zap.Error(err))
 	}
-}
-
-func (s *Service) officerKey(ctx context.Context, name string) (ed25519.PublicKey, error) {
-	officers, err := s.officers.ListOfficers(ctx)
-	if err != nil {
-		return nil, apierr.Internal(err)
-	}
-	for _, o := range officers {
-		if o.Name == name && len(o.ApprovalKey) == ed25519.PublicKeySize {
-			return ed25519.PublicKey(o.ApprovalKey), nil
-		}
-	}
-	return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "%s has no registered approval key", name)
 }
 
 // List returns requests in a state.

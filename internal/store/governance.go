@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/ed25519"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -252,4 +253,17 @@ func (s *Store) ListEvents(ctx context.Context, after int64, limit int) ([]Event
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// OfficerKey returns an officer's Ed25519 approval public key, or ErrNotFound.
+func (s *Store) OfficerKey(ctx context.Context, name string) (ed25519.PublicKey, error) {
+	var key []byte
+	err := s.r.QueryRowContext(ctx, `SELECT approval_key FROM officers WHERE name = ?`, name).Scan(&key)
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && len(key) != ed25519.PublicKeySize) {
+		return nil, fmt.Errorf("store: officer %q has no approval key: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: officer key: %w", err)
+	}
+	return ed25519.PublicKey(key), nil
 }
