@@ -103,7 +103,7 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	if err != nil {
 		return nil, err
 	}
-	svc.EnforcePolicy(rules, a.store, cfg.Seal.ProposalTTL.D())
+	svc.EnforcePolicy(rules, a.store, cfg.Seal.ProposalTTL.D(), cfg.Seal.RejectionsToEnd)
 	if len(cfg.Screening.Lists) > 0 {
 		var sources []screening.ListSource
 		for _, l := range cfg.Screening.Lists {

@@ -168,3 +168,27 @@ func TestRequestApprovalLimits(t *testing.T) {
 		t.Fatalf("expired request: %s", g.body)
 	}
 }
+
+// TestRejectionsToEnd: with seal.rejections_to_end 2, one rejection leaves
+// the request pending, a repeated one from the same officer does not count,
+// and a second officer's ends it.
+func TestRejectionsToEnd(t *testing.T) {
+	q := newQuorumEnv(t, "seal: {rejections_to_end: 2}\n")
+	q.start()
+	q.unseal(1, 2)
+	q.setPolicy(`{"approval_above":{"ETH":"10000000000000000000"},"approvals":2}`)
+	a := q.must(q.client("client"), "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 0, common.HexToAddress("0x00000000000000000000000000000000000000e4"), eth(20)), "rj"))
+	id := a.json(t)["request_id"].(string)
+	reject := func(n int) answer {
+		return q.must(q.client("officer"+string(rune('0'+n))), "POST", "/v1/requests/"+id+"/rejections", map[string]string{"reason": "no"})
+	}
+	if r := reject(1); r.status != 200 || r.json(t)["state"] != "pending_approval" {
+		t.Fatalf("first rejection: %d %s", r.status, r.body)
+	}
+	if r := reject(1); r.status != 409 {
+		t.Fatalf("same officer again: %d %s", r.status, r.body)
+	}
+	if r := reject(3); r.status != 200 || r.json(t)["state"] != "rejected" {
+		t.Fatalf("second officer: %d %s", r.status, r.body)
+	}
+}

@@ -78,6 +78,9 @@ type Seal struct {
 	ProgressTTL Duration `yaml:"progress_ttl"`
 	// ProposalTTL is how long a governance proposal can collect approvals.
 	ProposalTTL Duration `yaml:"proposal_ttl"`
+	// RejectionsToEnd is how many officers' rejections end a signing request
+	// waiting for approvals. Default 1.
+	RejectionsToEnd int `yaml:"rejections_to_end"`
 	// DevUnsealShares (mode dev only): share files submitted at start, so a
 	// developer's instance comes up unsealed. Refused in production.
 	DevUnsealShares []string `yaml:"dev_unseal_shares"`
@@ -229,6 +232,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Screening.WatchInterval == 0 {
 		c.Screening.WatchInterval = Duration(10 * time.Second)
+	}
+	if c.Seal.RejectionsToEnd == 0 {
+		c.Seal.RejectionsToEnd = 1
 	}
 	if c.Seal.Credential == "" {
 		c.Seal.Credential = "hsm-pin"

@@ -158,7 +158,8 @@ func (s *Service) signApproved(ctx context.Context, rec store.Request, approvals
 	return s.Get(ctx, rec.ID)
 }
 
-// Reject ends a pending request; one rejection is enough.
+// Reject records an officer's rejection; the configured number of them
+// (one by default) ends the request.
 func (s *Service) Reject(ctx context.Context, officer *access.Principal, id, reason string) (store.Request, error) {
 	s.approving.Lock()
 	defer s.approving.Unlock()
@@ -166,7 +167,23 @@ func (s *Service) Reject(ctx context.Context, officer *access.Principal, id, rea
 	if err != nil {
 		return rec, err
 	}
-	s.finish(ctx, rec, store.StateRejected, "rejected", fmt.Sprintf("rejected by %s: %s", officer.Name, reason))
+	var n int
+	err = s.store.WriteTx(ctx, func(tx *store.Tx) error {
+		var err error
+		if n, err = store.AddRequestRejectionTx(ctx, tx, id, officer.Name, reason); err != nil {
+			return err
+		}
+		return store.AppendEvent(ctx, tx, "request_rejection", officer.Name, id+": "+reason)
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return rec, apierr.New(http.StatusConflict, apierr.CodeConflict, "%s already rejected %s", officer.Name, id)
+	}
+	if err != nil {
+		return rec, apierr.Internal(err)
+	}
+	if n >= max(s.rejectionsToEnd, 1) {
+		s.finish(ctx, rec, store.StateRejected, "rejected", fmt.Sprintf("rejected by %s: %s", officer.Name, reason))
+	}
 	return s.Get(ctx, id)
 }
 

@@ -108,7 +108,9 @@ type Service struct {
 	// approvalTTL bounds how long a request waits for its approvals.
 	approvalTTL time.Duration
 	approving   sync.Mutex // approvals, rejections and the signing they trigger happen one at a time
-	now         func() time.Time
+	// rejectionsToEnd is how many officers' rejections end a pending request.
+	rejectionsToEnd int
+	now             func() time.Time
 }
 
 // New returns a Service. Every dependency is required; h returns the HSM
@@ -326,8 +328,8 @@ func resultOf(rec store.Request) *Result {
 // EnforcePolicy evaluates every request against its key's policy rules;
 // requests the rules send to a quorum wait for officers (registered in o)
 // for at most ttl. Call it before serving.
-func (s *Service) EnforcePolicy(e *policy.Engine, o Officers, ttl time.Duration) {
-	s.rules, s.officers, s.approvalTTL = e, o, ttl
+func (s *Service) EnforcePolicy(e *policy.Engine, o Officers, ttl time.Duration, rejectionsToEnd int) {
+	s.rules, s.officers, s.approvalTTL, s.rejectionsToEnd = e, o, ttl, rejectionsToEnd
 }
 
 // decisionError turns a policy decision into the API's refusal, or nil. A

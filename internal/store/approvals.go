@@ -106,3 +106,22 @@ func (s *Store) ListRequests(ctx context.Context, state string, limit int) ([]Re
 	}
 	return out, rows.Err()
 }
+
+// AddRequestRejectionTx records an officer's rejection and returns how many
+// officers have rejected the request; a second one by the same officer is
+// ErrConflict.
+func AddRequestRejectionTx(ctx context.Context, tx *Tx, id, officer, reason string) (int, error) {
+	_, err := tx.ExecContext(ctx, `INSERT INTO request_rejections (request_id, officer, reason, at) VALUES (?, ?, ?, ?)`,
+		id, officer, reason, time.Now().UTC().UnixNano())
+	if isUnique(err) {
+		return 0, fmt.Errorf("store: %s already rejected %s: %w", officer, id, ErrConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: reject %s: %w", id, err)
+	}
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM request_rejections WHERE request_id = ?`, id).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: count rejections of %s: %w", id, err)
+	}
+	return n, nil
+}
