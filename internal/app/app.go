@@ -73,6 +73,11 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	if a.store, err = store.Open(ctx, cfg.Store.Path, log.Named("store")); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	// Integrity at start: a damaged database is refused with a clear report,
+	// never served (and never unsealed).
+	if err := a.store.QuickCheck(ctx); err != nil {
+		return nil, fmt.Errorf("database %s failed its integrity check; restore it from a backup: %w", cfg.Store.Path, err)
+	}
 	if a.keys, err = signing.LoadKeyring(ctx, a.store); err != nil {
 		return nil, err
 	}
