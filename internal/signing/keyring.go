@@ -129,15 +129,16 @@ func (kr *Keyring) Get(id string) (*Key, error) {
 	return k, nil
 }
 
-// Usable says why a key cannot sign now, or nil.
+// Usable says why a key cannot sign now, or nil: it failed its last
+// reconciliation, or the HSM's own re-check after a reconnect.
 func (kr *Keyring) Usable(k *Key, h interface{ KeyError([]byte) error }) error {
-	if err := kr.Refused(k.ID); err != nil {
-		return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable,
-			"key %q is refused service: %s", k.ID, refusalText(err))
+	err := kr.Refused(k.ID)
+	if err == nil {
+		err = h.KeyError(k.CKAID)
 	}
-	if err := h.KeyError(k.CKAID); err != nil {
+	if err != nil {
 		return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable,
-			"key %q is refused service: %s", k.ID, refusalText(err))
+			"key %q is refused service: %s", k.ID, RefusalText(err))
 	}
 	return nil
 }
@@ -161,8 +162,9 @@ func (kr *Keyring) List() []*Key {
 	return out
 }
 
-// refusalText is a safe, stable description of a reconciliation failure.
-func refusalText(err error) string {
+// RefusalText is a safe, stable description of a reconciliation failure,
+// for answers and /v1/status.
+func RefusalText(err error) string {
 	switch {
 	case errors.Is(err, hsm.ErrKeyNotFound):
 		return "missing from the HSM token"
@@ -176,6 +178,3 @@ func refusalText(err error) string {
 		return "it failed its check against the token"
 	}
 }
-
-// RefusalText is exported for /v1/status.
-func RefusalText(err error) string { return refusalText(err) }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"net/http"
 	"strings"
 
@@ -115,8 +114,4 @@ func shortHash(h string) string {
 		return h[:16]
 	}
 	return h
-}
-
-func (p *prepared) String() string {
-	return fmt.Sprintf("prepared(%d destinations)", len(p.destinations))
 }
