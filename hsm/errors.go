@@ -37,6 +37,23 @@ var (
 	ErrAlreadyInitialized = errors.New("pkcs11 library already initialised in this process")
 	// ErrNoPIN means neither a PIN nor a pin-source/pin-value was supplied.
 	ErrNoPIN = errors.New("no PIN configured")
+	// ErrUnsupported means the token cannot do what was asked for this kind of
+	// key (e.g. SoftHSM 2.6 cannot wrap EdDSA private keys).
+	ErrUnsupported = errors.New("not supported by the token")
+	// ErrKeyExists means an object with the requested CKA_ID or label is already
+	// on the token; nothing was created or replaced.
+	ErrKeyExists = errors.New("an object with this id or label already exists")
+	// ErrKeyNotWrappable means the token refused to wrap the key: it was not
+	// generated for wrapped backup (it is non-extractable, or only a trusted key
+	// may wrap it and the wrapping key is not trusted).
+	ErrKeyNotWrappable = errors.New("key cannot be wrapped")
+	// ErrWrappedKeyInvalid means a wrapped key did not unwrap: it was made under
+	// a different wrapping key, or it has been corrupted or tampered with.
+	ErrWrappedKeyInvalid = errors.New("wrapped key does not unwrap under this wrapping key")
+	// ErrDataNotFound means no data object with the requested label exists.
+	ErrDataNotFound = errors.New("data object not found on token")
+	// ErrPINIncorrect means the token rejected the PIN given as the current one.
+	ErrPINIncorrect = errors.New("PIN incorrect")
 )
 
 // isLost reports whether err says the session, login, token or library is gone,

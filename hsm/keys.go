@@ -7,30 +7,53 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/miekg/pkcs11"
 	"go.uber.org/zap"
 )
 
 // KeyRef names a key pair on the token by its CKA_ID and algorithm.
+//
+// WrappedBackup says which attributes CheckKey demands of the private key: it
+// must be the mode the key was generated with (KeyOptions.WrappedBackup, as
+// recorded by the caller), never something read off the key, so that a key
+// with the wrong attributes is refused rather than silently accepted in the
+// other mode. It plays no part in finding the key or in Sign.
 type KeyRef struct {
-	ID        []byte
-	Algorithm Algorithm
+	ID            []byte
+	Algorithm     Algorithm
+	WrappedBackup bool
 }
 
-// GeneratedKey describes a key pair created by GenerateKey.
+// KeyOptions are the choices GenerateKeyWith offers beyond algorithm and label.
+type KeyOptions struct {
+	// WrappedBackup makes the private key backup-able: sensitive, but
+	// extractable under CKA_WRAP_WITH_TRUSTED, so that WrapKey can export it
+	// encrypted under the SO-trusted wrapping key and nothing else can export
+	// it at all. Without it the key is never extractable, not even wrapped.
+	WrappedBackup bool
+}
+
+// GeneratedKey describes a key pair created by GenerateKey or GenerateKeyWith.
 type GeneratedKey struct {
-	ID        []byte // CKA_ID shared by the private and public objects
-	Label     string
-	Algorithm Algorithm
-	PublicKey []byte // 65-byte uncompressed SEC1 for EC, 32 bytes for Ed25519
+	ID            []byte // CKA_ID shared by the private and public objects
+	Label         string
+	Algorithm     Algorithm
+	PublicKey     []byte // 65-byte uncompressed SEC1 for EC, 32 bytes for Ed25519
+	WrappedBackup bool   // read back from the token: extractable only wrapped under a trusted key
 }
 
 // PinnedKey is a key whose public key is known out of band (recorded when it was
 // generated). It is re-checked after every rebuild.
+//
+// Backup marks the key as generated with KeyOptions.WrappedBackup, exactly like
+// Ref.WrappedBackup; either one set is enough. A key checked in the wrong mode
+// fails its check in both directions, so this cannot let a key through.
 type PinnedKey struct {
 	Ref       KeyRef
 	PublicKey []byte
+	Backup    bool
 }
 
 // idLen is the CKA_ID length: 128 random bits make collisions on one token
@@ -39,9 +62,25 @@ const idLen = 16
 
 func cacheKey(ref KeyRef) string { return string(ref.Algorithm) + "\x00" + string(ref.ID) }
 
+// objectsMu works around a race in SoftHSM 2.6.1 (file object store), measured
+// while writing WriteData: creating a token object (C_CreateObject,
+// C_GenerateKeyPair, C_UnwrapKey, C_CopyObject) while another thread of the
+// process is searching (C_FindObjectsInit..C_FindObjectsFinal) fails with
+// CKR_GENERAL_ERROR in roughly one case in ten, and isLost takes that for a
+// lost token. Searches therefore hold objectsMu shared and creations hold it
+// exclusively. Destroying objects, reading attributes, signing and concurrent
+// creations were measured not to race with searches; WriteData still destroys
+// under it, so that ReadData, which holds it shared from its search until it
+// has read what it found, never sees an object vanish half-way (SoftHSM then
+// answers CKR_ATTRIBUTE_VALUE_INVALID). It is package-wide because every
+// Module and context in the process shares the one library.
+var objectsMu sync.RWMutex
+
 // findOne returns the single object matching tmpl, ErrKeyNotFound if there is
 // none and ErrKeyAmbiguous if there are several.
 func (m *Module) findOne(s *session, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	objectsMu.RLock()
+	defer objectsMu.RUnlock()
 	if err := m.p.FindObjectsInit(s.h, tmpl); err != nil {
 		return 0, fmt.Errorf("C_FindObjectsInit: %w", err)
 	}
@@ -62,6 +101,39 @@ func (m *Module) findOne(s *session, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHan
 	default:
 		return 0, ErrKeyAmbiguous
 	}
+}
+
+// findAll returns the objects matching tmpl, at most max of them.
+func findAll(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	objectsMu.RLock()
+	defer objectsMu.RUnlock()
+	return findAllLocked(p, sh, tmpl, max)
+}
+
+// findAllLocked is findAll for a caller already holding objectsMu.
+func findAllLocked(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := p.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
+	}
+	var (
+		out []pkcs11.ObjectHandle
+		err error
+	)
+	for len(out) < max {
+		var objs []pkcs11.ObjectHandle
+		if objs, _, err = p.FindObjects(sh, max-len(out)); err != nil || len(objs) == 0 {
+			break
+		}
+		out = append(out, objs...)
+	}
+	// As in findOne: an unfinished search blocks the session.
+	if ferr := p.FindObjectsFinal(sh); err == nil && ferr != nil {
+		err = ferr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("C_FindObjects: %w", err)
+	}
+	return out, nil
 }
 
 func (m *Module) findKey(s *session, class uint, ref KeyRef) (pkcs11.ObjectHandle, error) {
@@ -96,13 +168,15 @@ func (m *Module) findKey(s *session, class uint, ref KeyRef) (pkcs11.ObjectHandl
 	return h, nil
 }
 
-// checkPrivateAttrs enforces requiredPrivateAttrs on a private key object.
-func (m *Module) checkPrivateAttrs(s *session, h pkcs11.ObjectHandle) error {
-	tmpl := make([]*pkcs11.Attribute, len(requiredPrivateAttrs))
-	for i, r := range requiredPrivateAttrs {
+// checkAttrs reads the boolean attributes in rules from object h and returns
+// an error wrapping ErrKeyUnsafe unless each has its wanted value. It is a
+// function on a bare context so ProvisionWrappingKey can use it without a Module.
+func checkAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, rules []attrRule) error {
+	tmpl := make([]*pkcs11.Attribute, len(rules))
+	for i, r := range rules {
 		tmpl[i] = pkcs11.NewAttribute(r.attr, nil)
 	}
-	got, err := m.p.GetAttributeValue(s.h, h, tmpl)
+	got, err := p.GetAttributeValue(sh, h, tmpl)
 	if err != nil {
 		if isLost(err) {
 			return fmt.Errorf("C_GetAttributeValue: %w", err)
@@ -110,11 +184,50 @@ func (m *Module) checkPrivateAttrs(s *session, h pkcs11.ObjectHandle) error {
 		// A token that will not even report these attributes cannot be trusted with them.
 		return fmt.Errorf("reading key attributes: %w: %w", ErrKeyUnsafe, err)
 	}
-	for i, r := range requiredPrivateAttrs {
+	for i, r := range rules {
 		v := got[i].Value
 		if len(v) != 1 || (v[0] != 0) != r.want {
 			return fmt.Errorf("%s is not %t: %w", r.name, r.want, ErrKeyUnsafe)
 		}
+	}
+	return nil
+}
+
+// checkPrivateAttrs enforces requiredPrivateAttrs on an ordinary private key
+// object, or requiredBackupPrivateAttrs on a backup-able one. The mode comes
+// from the caller, never from the key.
+//
+// For a backup-able key CKA_ALWAYS_SENSITIVE must also be true, except on a
+// key that was not generated on this token (CKA_LOCAL false): C_UnwrapKey sets
+// CKA_ALWAYS_SENSITIVE false (PKCS#11 says so and SoftHSM 2.6 does it, as
+// measured by the tests), so a key restored by UnwrapKey could never pass. The
+// token cannot tell an unwrapped key from one imported in the clear with
+// C_CreateObject; only UnwrapKey creates such keys here, always sensitive, and
+// the pinned public key still proves it is the same key.
+func (m *Module) checkPrivateAttrs(s *session, h pkcs11.ObjectHandle, backup bool) error {
+	if !backup {
+		return checkAttrs(m.p, s.h, h, requiredPrivateAttrs)
+	}
+	if err := checkAttrs(m.p, s.h, h, requiredBackupPrivateAttrs); err != nil {
+		return err
+	}
+	got, err := m.p.GetAttributeValue(s.h, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_ALWAYS_SENSITIVE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_LOCAL, nil),
+	})
+	if err != nil {
+		if isLost(err) {
+			return fmt.Errorf("C_GetAttributeValue: %w", err)
+		}
+		return fmt.Errorf("reading key attributes: %w: %w", ErrKeyUnsafe, err)
+	}
+	alwaysSensitive, local := got[0].Value, got[1].Value
+	if len(alwaysSensitive) != 1 || len(local) != 1 {
+		return fmt.Errorf("CKA_ALWAYS_SENSITIVE or CKA_LOCAL unreadable: %w", ErrKeyUnsafe)
+	}
+	if alwaysSensitive[0] == 0 && local[0] != 0 {
+		// Generated here, yet once not sensitive: it may have been read.
+		return fmt.Errorf("CKA_ALWAYS_SENSITIVE is not true on a key generated on the token: %w", ErrKeyUnsafe)
 	}
 	return nil
 }
@@ -138,8 +251,12 @@ func (m *Module) checkKey(s *session, ref KeyRef, pinned []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := m.checkPrivateAttrs(s, priv); err != nil {
-		return fmt.Errorf("key %x: %w", ref.ID, err)
+	if err := m.checkPrivateAttrs(s, priv, ref.WrappedBackup); err != nil {
+		mode := "ordinary"
+		if ref.WrappedBackup {
+			mode = "backup-able"
+		}
+		return fmt.Errorf("key %x checked as %s: %w", ref.ID, mode, err)
 	}
 	pub, err := m.readPublic(s, ref)
 	if err != nil {
@@ -151,13 +268,27 @@ func (m *Module) checkKey(s *session, ref KeyRef, pinned []byte) error {
 	return nil
 }
 
-// GenerateKey creates a key pair inside the token with the attributes in
+// GenerateKey creates an ordinary (never extractable) key pair; it is
+// GenerateKeyWith with zero KeyOptions.
+func (m *Module) GenerateKey(ctx context.Context, alg Algorithm, label string) (*GeneratedKey, error) {
+	return m.GenerateKeyWith(ctx, alg, label, KeyOptions{})
+}
+
+// GenerateKeyWith creates a key pair inside the token with the attributes in
 // templates.go, verifies the token applied them, and returns its public key.
 // A key that comes back unsafe is destroyed and ErrKeyUnsafe returned.
-func (m *Module) GenerateKey(ctx context.Context, alg Algorithm, label string) (*GeneratedKey, error) {
+//
+// Ed25519 with WrappedBackup is refused with ErrUnsupported: SoftHSM 2.6.1
+// answers C_WrapKey on an EdDSA private key with CKR_KEY_NOT_WRAPPABLE whatever
+// its attributes and whatever the wrapping key (measured, see
+// TestEd25519BackupRefused), so such a key could never be backed up.
+func (m *Module) GenerateKeyWith(ctx context.Context, alg Algorithm, label string, opts KeyOptions) (*GeneratedKey, error) {
 	spec, err := specFor(alg)
 	if err != nil {
 		return nil, err
+	}
+	if opts.WrappedBackup && alg == Ed25519 {
+		return nil, fmt.Errorf("hsm: %s key with wrapped backup: SoftHSM cannot wrap EdDSA private keys: %w", alg, ErrUnsupported)
 	}
 	if label == "" || len(label) > 128 {
 		return nil, fmt.Errorf("hsm: key label must be 1..128 bytes: %w", ErrInvalidInput)
@@ -166,15 +297,17 @@ func (m *Module) GenerateKey(ctx context.Context, alg Algorithm, label string) (
 	if _, err := rand.Read(id); err != nil {
 		return nil, fmt.Errorf("hsm: key id: %w", err)
 	}
-	ref := KeyRef{ID: id, Algorithm: alg}
+	ref := KeyRef{ID: id, Algorithm: alg, WrappedBackup: opts.WrappedBackup}
 	var gk *GeneratedKey
 	err = m.do(ctx, "generate key", func(s *session) error {
 		mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(spec.genMech, nil)}
-		pubH, privH, err := m.p.GenerateKeyPair(s.h, mech, publicKeyTemplate(spec, id, label), privateKeyTemplate(spec, id, label))
+		objectsMu.Lock()
+		pubH, privH, err := m.p.GenerateKeyPair(s.h, mech, publicKeyTemplate(spec, id, label), privateKeyTemplate(spec, id, label, opts.WrappedBackup))
+		objectsMu.Unlock()
 		if err != nil {
 			return fmt.Errorf("C_GenerateKeyPair %s: %w", alg, err)
 		}
-		if err := m.checkPrivateAttrs(s, privH); err != nil {
+		if err := m.checkPrivateAttrs(s, privH, opts.WrappedBackup); err != nil {
 			if isLost(err) {
 				return err
 			}
@@ -189,15 +322,35 @@ func (m *Module) GenerateKey(ctx context.Context, alg Algorithm, label string) (
 		if err != nil {
 			return err
 		}
-		gk = &GeneratedKey{ID: id, Label: label, Algorithm: alg, PublicKey: pub}
+		backup, err := m.readWrappedBackup(s, privH)
+		if err != nil {
+			return err
+		}
+		gk = &GeneratedKey{ID: id, Label: label, Algorithm: alg, PublicKey: pub, WrappedBackup: backup}
 		s.gen.setHandle(cacheKey(ref), privH)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	m.log.Info("key generated", zap.String("algorithm", string(alg)), zap.String("key_id", hex.EncodeToString(id)), zap.String("label", label))
+	m.log.Info("key generated", zap.String("algorithm", string(alg)), zap.String("key_id", hex.EncodeToString(id)),
+		zap.String("label", label), zap.Bool("wrapped_backup", gk.WrappedBackup))
 	return gk, nil
+}
+
+// readWrappedBackup reports whether the private key can leave the token, and
+// then only wrapped under a trusted key (CKA_EXTRACTABLE and
+// CKA_WRAP_WITH_TRUSTED both true).
+func (m *Module) readWrappedBackup(s *session, h pkcs11.ObjectHandle) (bool, error) {
+	got, err := m.p.GetAttributeValue(s.h, h, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, nil),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP_WITH_TRUSTED, nil),
+	})
+	if err != nil {
+		return false, fmt.Errorf("reading CKA_EXTRACTABLE, CKA_WRAP_WITH_TRUSTED: %w", err)
+	}
+	on := func(v []byte) bool { return len(v) == 1 && v[0] != 0 }
+	return on(got[0].Value) && on(got[1].Value), nil
 }
 
 // PublicKey reads a key's public key from the token.
@@ -211,9 +364,12 @@ func (m *Module) PublicKey(ctx context.Context, ref KeyRef) ([]byte, error) {
 	return pub, err
 }
 
-// CheckKey verifies that the private key exists, is sensitive and was never
-// extractable, and that its public key equals pinned. It returns errors
-// wrapping ErrKeyNotFound, ErrKeyUnsafe or ErrKeyMismatch.
+// CheckKey verifies that the private key exists, has the attributes of its
+// mode, and that its public key equals pinned. An ordinary key must be
+// sensitive and never have been extractable; a backup-able key
+// (ref.WrappedBackup) must be sensitive and extractable only wrapped under a
+// trusted key (see checkPrivateAttrs). A key is refused in the other mode. It
+// returns errors wrapping ErrKeyNotFound, ErrKeyUnsafe or ErrKeyMismatch.
 func (m *Module) CheckKey(ctx context.Context, ref KeyRef, pinned []byte) error {
 	return m.do(ctx, "check key", func(s *session) error { return m.checkKey(s, ref, pinned) })
 }
@@ -224,7 +380,12 @@ func (m *Module) CheckKey(ctx context.Context, ref KeyRef, pinned []byte) error 
 func (m *Module) SetPinnedKeys(keys []PinnedKey) {
 	cp := make([]PinnedKey, len(keys))
 	for i, k := range keys {
-		cp[i] = PinnedKey{Ref: KeyRef{ID: bytes.Clone(k.Ref.ID), Algorithm: k.Ref.Algorithm}, PublicKey: bytes.Clone(k.PublicKey)}
+		backup := k.Backup || k.Ref.WrappedBackup
+		cp[i] = PinnedKey{
+			Ref:       KeyRef{ID: bytes.Clone(k.Ref.ID), Algorithm: k.Ref.Algorithm, WrappedBackup: backup},
+			PublicKey: bytes.Clone(k.PublicKey),
+			Backup:    backup,
+		}
 	}
 	m.pinMu.Lock()
 	m.pinVersion++

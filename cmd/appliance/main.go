@@ -32,6 +32,8 @@ const (
 	exitFailure = 1
 	exitUsage   = 2
 	exitConfig  = 3
+	// exitTampered: audit verification found the chain tampered with.
+	exitTampered = 4
 )
 
 const usage = `appliance — HSM-backed signing appliance
@@ -51,6 +53,13 @@ Usage:
   appliance propose      --kind KIND --params JSON  [connection flags]
   appliance approve      --request ID --key APPROVAL_KEY [--yes]  [connection flags]
   appliance keys list    --config FILE
+  appliance audit verify (--db FILE | --export FILE | --config FILE) --pubkey PEM [--anchor SEQ:HASH]
+  appliance audit export (--db FILE | --config FILE) [--out FILE] [--after N]
+  appliance audit pubkey (--db FILE | --config FILE)
+  appliance backup       [connection flags]                 encrypted backup by the running appliance
+  appliance backup inspect FILE
+  appliance restore      --config FILE --archive FILE --so-pin-file FILE --share-file F [...]
+                         onto a fresh token and an empty data directory, with the quorum
   appliance config check FILE
   appliance dev pki      --dir DIR
   appliance version
@@ -73,7 +82,10 @@ func main() {
 	fmt.Fprintln(os.Stderr, "appliance:", err)
 	var ue usageError
 	var ce configError
+	var te tamperedError
 	switch {
+	case errors.As(err, &te):
+		os.Exit(exitTampered)
 	case errors.As(err, &ue):
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(exitUsage)
@@ -118,6 +130,12 @@ func run(args []string, out io.Writer) error {
 		return nil
 	case "requests":
 		return requestsCmd(rest, out)
+	case "audit":
+		return auditCmd(rest, out)
+	case "backup":
+		return backupCmd(rest, out)
+	case "restore":
+		return restoreCmd(rest, out)
 	case "unseal":
 		return unsealCmd(rest, out)
 	case "freeze":
@@ -261,6 +279,7 @@ func keysCmd(args []string, out io.Writer) error {
 			fs.StringVar(&spec.Chain, "chain", "", "ethereum")
 			fs.StringVar(&spec.Network, "network", "", "chain id or network name")
 			fs.BoolVar(&spec.IfMissing, "if-missing", false, "succeed without change when the id exists")
+			fs.BoolVar(&spec.WrappedBackup, "wrapped-backup", false, "the private key may be backed up, wrapped inside the HSM (not ed25519)")
 			fs.Var(&shares, "share-file", "unseal share file (repeat until the threshold); without it the URI's pin-source is used")
 		})
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"math"
 	"net"
 	"net/http"
@@ -83,8 +84,15 @@ type Deps struct {
 	// OnDenied, when set, hears every 403 with the principal (the automatic
 	// freeze on a burst of denials).
 	OnDenied func(principal, code string)
-	HTTP     config.HTTP
-	TLS      *tls.Config
+	// Audit serves GET /v1/audit; nil disables the endpoints.
+	Audit AuditLog
+	// Backup writes an encrypted backup (POST /v1/backups); nil disables it.
+	Backup func(ctx context.Context, by string) (any, error)
+	// OnAuthFailure, when set, hears every authentication or authorisation
+	// failure: 403 forbidden answers and failed TLS handshakes.
+	OnAuthFailure func(ctx context.Context, f AuthFailure)
+	HTTP          config.HTTP
+	TLS           *tls.Config
 }
 
 // Server is the HTTPS API.
@@ -128,6 +136,14 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/proposals", s.listProposals, s.requireAny(access.RoleOfficer, access.RoleAuditor))
 	v1.GET("/proposals/:id", s.getProposal, s.requireAny(access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/proposals/:id/approvals", s.approveProposal, officer)
+	if d.Backup != nil {
+		v1.POST("/backups", s.backup, s.requireAny(access.RoleOperator, access.RoleOfficer))
+	}
+	if d.Audit != nil {
+		auditor := s.requireAny(access.RoleAuditor)
+		v1.GET("/audit", s.auditPage, auditor)
+		v1.GET("/audit/keys", s.auditKeys, s.requireAny(access.RoleAuditor, access.RoleOfficer))
+	}
 
 	s.http = &http.Server{
 		Handler:           e,
@@ -137,7 +153,7 @@ func New(d Deps) (*Server, error) {
 		WriteTimeout:      d.HTTP.WriteTimeout.D(),
 		IdleTimeout:       d.HTTP.IdleTimeout.D(),
 		MaxHeaderBytes:    d.HTTP.MaxHeaderBytes,
-		ErrorLog:          zap.NewStdLog(d.Log.Named("http")),
+		ErrorLog:          log.New(errorLog{log: d.Log.Named("http"), onFail: d.OnAuthFailure}, "", 0),
 		BaseContext:       func(net.Listener) context.Context { return context.Background() },
 	}
 	return s, nil
@@ -193,6 +209,7 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 			lf = append(lf, zap.String("request_id", r))
 		}
 		if ae, ok := c.Get("apierr").(*apierr.Error); ok {
+			s.authFailed(c, ae)
 			lf = append(lf, zap.String("code", ae.Code))
 			if ae.Cause != nil {
 				lf = append(lf, zap.NamedError("cause", ae.Cause))

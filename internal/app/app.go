@@ -20,6 +20,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/api"
+	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/governance"
 	"github.com/custodysigner/appliance/internal/health"
@@ -48,8 +49,11 @@ type App struct {
 	server   *api.Server
 	ready    atomic.Bool
 
-	mu  sync.RWMutex
-	hsm *hsm.Module // open while unsealed, nil while sealed
+	audit *checkpointer
+
+	mu          sync.RWMutex
+	hsm         *hsm.Module  // open while unsealed, nil while sealed
+	auditSigner *auditSigner // the audit key while unsealed
 }
 
 // New opens the store, loads the key registry and the seal state, and
@@ -78,6 +82,13 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	if err := a.store.QuickCheck(ctx); err != nil {
 		return nil, fmt.Errorf("database %s failed its integrity check; restore it from a backup: %w", cfg.Store.Path, err)
 	}
+	// Fail closed from the first moment: an appliance that cannot write its
+	// audit log does not start.
+	if err := a.store.RecordAudit(ctx, audit.Record{Kind: "start", Detail: "appliance starting",
+		Fields: map[string]string{"version": version, "mode": string(cfg.Mode), "config_sha256": cfg.Digest()}}); err != nil {
+		return nil, fmt.Errorf("the audit log cannot be written; refusing to start: %w", err)
+	}
+	a.audit = &checkpointer{a: a, every: int64(cfg.Audit.CheckpointEvery), interval: cfg.Audit.CheckpointInterval.D(), lastAt: time.Now()}
 	if a.keys, err = signing.LoadKeyring(ctx, a.store); err != nil {
 		return nil, err
 	}
@@ -132,7 +143,10 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		Log: log.Named("api"), Access: a.access, Signer: svc, Keys: a.keys,
 		Health: a.checker, Status: a.status, HTTP: cfg.HTTP, TLS: tlsCfg,
 		Seal: a.seal, Sealed: func() (bool, bool) { st := a.seal.State(); return st.Sealed, st.Frozen },
-		OnDenied: a.trip.Denied,
+		OnDenied:      a.trip.Denied,
+		Audit:         auditAPI{a},
+		Backup:        func(ctx context.Context, by string) (any, error) { return a.Backup(ctx, by) },
+		OnAuthFailure: (&authAuditor{a: a, perMinute: cfg.Audit.AuthFailuresPerMinute}).failed,
 	}
 	if a.gov != nil {
 		deps.Governance = a.gov
@@ -223,6 +237,7 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	wctx, stopWatchdog := context.WithCancel(ctx)
 	defer stopWatchdog()
 	go a.notifier.Monitor(wctx, a.checker, health.DefaultMonitorInterval)
+	go a.audit.run(wctx)
 	if a.screener != nil {
 		// Lists reload when their files change and on SIGHUP, without a restart.
 		hup := make(chan os.Signal, 1)
@@ -253,7 +268,18 @@ func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
 	if err := a.server.Shutdown(sctx); err != nil {
 		a.log.Warn("in-flight requests did not finish in time", zap.Error(err))
 	}
+	a.stopAudit(sctx)
 	return <-errc
+}
+
+// stopAudit records the stop and signs a last checkpoint covering it.
+func (a *App) stopAudit(ctx context.Context) {
+	if err := a.store.RecordAudit(ctx, audit.Record{Kind: "stop", Detail: "appliance stopping"}); err != nil {
+		a.log.Error("recording the stop", zap.Error(err))
+	}
+	if err := a.audit.Checkpoint(ctx); err != nil && !errors.Is(err, errSealedNoCheckpoint) {
+		a.log.Error("final audit checkpoint", zap.Error(err))
+	}
 }
 
 // Ready reports whether the appliance is serving (sealed or not).

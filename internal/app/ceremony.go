@@ -94,6 +94,12 @@ func InitCeremony(ctx context.Context, cfg *config.Config, log *zap.Logger, soPI
 	if err := hsm.InitToken(uri.ModulePath, uri.Token, soPIN, pin); err != nil {
 		return fmt.Errorf("initialise token %q with the derived PIN: %w", uri.Token, err)
 	}
+	wrapKey := c.Secret.BackupWrappingKey()
+	err = hsm.ProvisionWrappingKey(uri.ModulePath, uri.Token, soPIN, pin, backupWrapLabel, wrapKey)
+	clear(wrapKey)
+	if err != nil {
+		return fmt.Errorf("provision the backup wrapping key: %w", err)
+	}
 	// Prove the PIN works before anyone is handed a share.
 	m, err := OpenHSM(ctx, cfg, log, pin)
 	if err != nil {
@@ -105,6 +111,9 @@ func InitCeremony(ctx context.Context, cfg *config.Config, log *zap.Logger, soPI
 		return err
 	}
 	if err := st.SaveCeremony(ctx, store.Ceremony{ID: c.ID[:], Threshold: c.Threshold, Total: c.Total, Verifier: c.Verifier}, officers); err != nil {
+		return err
+	}
+	if err := st.WriteTx(ctx, func(tx *store.Tx) error { return registerBackupRecipient(ctx, tx, c.Secret) }); err != nil {
 		return err
 	}
 	log.Info("unseal ceremony complete", zap.Int("threshold", c.Threshold), zap.Int("officers", c.Total),

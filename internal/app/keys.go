@@ -26,6 +26,10 @@ type KeySpec struct {
 	Chain     string
 	Network   string
 	IfMissing bool // an existing key with this id is not an error
+	// WrappedBackup makes the private key backup-able: extractable only
+	// wrapped under the token's trusted backup key, never in the clear.
+	// Not for Ed25519 (SoftHSM cannot wrap EdDSA keys).
+	WrappedBackup bool
 }
 
 var keyIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -123,12 +127,12 @@ func generateKey(ctx context.Context, m *hsm.Module, spec KeySpec) (store.Key, e
 	if err := spec.check(); err != nil {
 		return store.Key{}, err
 	}
-	g, err := m.GenerateKey(ctx, spec.Algorithm, spec.Label)
+	g, err := m.GenerateKeyWith(ctx, spec.Algorithm, spec.Label, hsm.KeyOptions{WrappedBackup: spec.WrappedBackup})
 	if err != nil {
 		return store.Key{}, fmt.Errorf("generate %s key: %w", spec.Algorithm, err)
 	}
 	k := store.Key{ID: spec.ID, Label: spec.Label, CKAID: g.ID, Algorithm: string(g.Algorithm),
-		Chain: spec.Chain, Network: spec.Network, PublicKey: g.PublicKey}
+		Chain: spec.Chain, Network: spec.Network, PublicKey: g.PublicKey, WrappedBackup: spec.WrappedBackup}
 	switch spec.Chain {
 	case "ethereum":
 		addr, err := ethereum.AddressFromPublicKey(g.PublicKey)

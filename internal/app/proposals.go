@@ -121,7 +121,8 @@ func (a *App) createKeyTx(ctx context.Context, tx *store.Tx, p governance.Create
 	if m == nil {
 		return "", errors.New("sealed: unseal the appliance before creating keys")
 	}
-	spec := KeySpec{ID: p.ID, Label: p.Label, Algorithm: hsm.Algorithm(p.Algorithm), Chain: p.Chain, Network: p.Network}
+	spec := KeySpec{ID: p.ID, Label: p.Label, Algorithm: hsm.Algorithm(p.Algorithm), Chain: p.Chain, Network: p.Network,
+		WrappedBackup: p.WrappedBackup}
 	k, err := generateKey(ctx, m, spec)
 	if err != nil {
 		return "", err

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"math/big"
 	"net/http"
 	"strings"
@@ -14,9 +15,11 @@ import (
 	"github.com/custodysigner/appliance/internal/store"
 )
 
-// TestRegistryReconciliation: at start a registered key that is missing from
-// the token, or whose public key on the token differs from the pinned one,
-// is refused service with the reason in /v1/status; the good key still signs.
+// TestRegistryReconciliation: at unseal a registered key that is missing
+// from the token, or whose public key on the token differs from the pinned
+// one, refuses the unseal with a report naming both. With
+// seal.allow_key_mismatch the appliance unseals and refuses only those keys,
+// with the reason in /v1/status; the good key still signs.
 func TestRegistryReconciliation(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -53,6 +56,20 @@ func TestRegistryReconciliation(t *testing.T) {
 	}
 	st.Close()
 	db.Close()
+	e.start()
+	if st := e.must(e.client("operator"), "GET", "/v1/status", nil).json(t); st["sealed"] != true {
+		t.Fatalf("unsealed despite a registry that does not reconcile: %v", st)
+	}
+	report := ""
+	for _, l := range e.logs.FilterMessage("automatic unseal failed; staying sealed").All() {
+		report = fmt.Sprint(l.ContextMap()["error"])
+	}
+	if !strings.Contains(report, `key "eth-missing": missing from the HSM token`) ||
+		!strings.Contains(report, `key "eth-other": its public key on the token differs`) || strings.Contains(report, `"eth-dev"`) {
+		t.Fatalf("report: %q", report)
+	}
+	e.stop()
+	e.cfg.Seal.AllowKeyMismatch = true
 	e.start()
 
 	a := e.must(e.client("operator"), "GET", "/v1/status", nil)

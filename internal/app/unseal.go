@@ -6,38 +6,76 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/access"
+	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/signing"
 )
 
 // Unseal opens the HSM with pin, checks every registered key against the
 // token and makes the module current. It implements seal.Unsealer.
-func (a *App) Unseal(ctx context.Context, pin []byte) error {
+//
+// Integrity at unseal: a registered key missing from the token or different
+// from its pinned public key, an audit key that does not reconcile, or an
+// audit chain that does not reach the token's last checkpoint refuses the
+// unseal with a report (a *seal.IntegrityError), unless
+// seal.allow_key_mismatch lets the appliance serve without the refused keys.
+func (a *App) Unseal(ctx context.Context, pin []byte) (err error) {
 	m, err := OpenHSM(ctx, a.cfg, a.log, pin)
 	if err != nil {
 		return err
 	}
-	a.keys.Reconcile(ctx, m, a.log.Named("keys"))
+	defer func() {
+		if err != nil {
+			_ = m.Close()
+		}
+	}()
+	signer, red, err := a.prepareAudit(ctx, m, pin)
+	if err != nil {
+		return err
+	}
+	auditPin := hsm.PinnedKey{Ref: signer.ref, PublicKey: signer.pubRaw}
+	refused := a.keys.Reconcile(ctx, m, a.log.Named("keys"), auditPin)
+	if len(refused) > 0 && !a.cfg.Seal.AllowKeyMismatch {
+		return &seal.IntegrityError{Report: keyReport(refused)}
+	}
 	a.mu.Lock()
 	old := a.hsm
-	a.hsm = m
+	a.hsm, a.auditSigner = m, signer
 	a.mu.Unlock()
+	a.store.SetAuditKey(red)
 	if old != nil {
 		_ = old.Close()
 	}
 	return nil
 }
 
+// keyReport lists refused keys for officers, in a stable order.
+func keyReport(refused map[string]error) string {
+	ids := make([]string, 0, len(refused))
+	for id := range refused {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	parts := make([]string, len(ids))
+	for i, id := range ids {
+		parts[i] = fmt.Sprintf("key %q: %s", id, shortErr(refused[id]))
+	}
+	return fmt.Sprintf("%d registered key(s) do not reconcile with the token (%s); another token, or a tampered registry. "+
+		"Set seal.allow_key_mismatch to serve without them", len(ids), strings.Join(parts, "; "))
+}
+
 // Seal logs out, closes every HSM session and unloads the module.
 func (a *App) Seal() {
+	a.store.SetAuditKey(nil)
 	a.mu.Lock()
 	m := a.hsm
-	a.hsm = nil
+	a.hsm, a.auditSigner = nil, nil
 	a.mu.Unlock()
 	if m != nil {
 		if err := m.Close(); err != nil {

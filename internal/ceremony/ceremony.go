@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/custodysigner/appliance/internal/shamir"
 )
@@ -36,23 +37,46 @@ func NewCeremony(k, n int) (*Ceremony, error) {
 	if k < shamir.MinThreshold || n < k || n > shamir.MaxShares {
 		return nil, fmt.Errorf("%w: %d of %d (want 2 ≤ k ≤ n ≤ 255)", ErrInvalidThreshold, k, n)
 	}
+	secret := newSecret([8]byte{})
+	if _, err := rand.Read(secret.st.buf); err != nil {
+		secret.Destroy()
+		return nil, fmt.Errorf("ceremony: reading randomness: %w", err)
+	}
+	c, err := split(secret.st.buf, k, n)
+	secret.Destroy()
+	return c, err
+}
+
+// Reshare splits the same secret again, k-of-n, under a new ceremony id:
+// the PIN (salted with the ceremony id) changes, so once the caller has set
+// it on the token and stored the new verifier, the old shares neither pass
+// the appliance's checks nor derive a PIN the token accepts. Backups keep
+// working: their keys do not depend on the ceremony id.
+func Reshare(old *Secret, k, n int) (*Ceremony, error) {
+	if k < shamir.MinThreshold || n < k || n > shamir.MaxShares {
+		return nil, fmt.Errorf("%w: %d of %d (want 2 ≤ k ≤ n ≤ 255)", ErrInvalidThreshold, k, n)
+	}
+	var c *Ceremony
+	err := errors.New("ceremony: the secret has been destroyed")
+	old.locked(func(st *secretState) { c, err = split(st.buf, k, n) })
+	return c, err
+}
+
+// split makes a ceremony with a random id around a copy of raw.
+func split(raw []byte, k, n int) (*Ceremony, error) {
 	c := &Ceremony{Threshold: k, Total: n}
 	if _, err := rand.Read(c.ID[:]); err != nil {
 		return nil, fmt.Errorf("ceremony: reading randomness: %w", err)
 	}
 	secret := newSecret(c.ID)
-	st := secret.st
-	if _, err := rand.Read(st.buf); err != nil {
-		secret.Destroy()
-		return nil, fmt.Errorf("ceremony: reading randomness: %w", err)
-	}
-	raw, err := shamir.Split(st.buf, n, k)
+	copy(secret.st.buf, raw)
+	parts, err := shamir.Split(secret.st.buf, n, k)
 	if err != nil {
 		secret.Destroy()
 		return nil, fmt.Errorf("ceremony: splitting secret: %w", err)
 	}
 	c.Shares = make([]Share, n)
-	for i, r := range raw {
+	for i, r := range parts {
 		c.Shares[i] = Share{
 			Version:    ShareVersion,
 			CeremonyID: c.ID,
@@ -65,6 +89,35 @@ func NewCeremony(k, n int) (*Ceremony, error) {
 	c.Verifier = secret.Verifier()
 	c.Secret = secret
 	return c, nil
+}
+
+// Recover combines share texts into the secret without a stored verifier
+// (a restore, before the database exists): the shares must come from one
+// ceremony and reach its threshold. The caller checks the result against
+// the verifier it later finds (Secret.Verify) before trusting it.
+func Recover(texts []string) (*Secret, [8]byte, error) {
+	var id [8]byte
+	p := (*Progress)(nil)
+	for _, t := range texts {
+		sh, err := ParseShare(t)
+		if err != nil {
+			return nil, id, err
+		}
+		clear(sh.Data)
+		if p == nil {
+			id = sh.CeremonyID
+			p = NewProgress(id, int(sh.Threshold), nil, time.Hour, time.Now)
+			p.skipVerify = true
+		}
+		secret, _, err := p.Add(t)
+		if err != nil {
+			return nil, id, err
+		}
+		if secret != nil {
+			return secret, id, nil
+		}
+	}
+	return nil, id, fmt.Errorf("%w: %d shares are below the threshold", ErrWrongCombination, len(texts))
 }
 
 // String names the ceremony without any share data.

@@ -19,6 +19,10 @@ const SecretSize = 32
 const (
 	pinInfo      = "custodysigner/appliance/v1/hsm-user-pin"
 	verifierInfo = "custodysigner/appliance/v1/verifier"
+	// The backup labels derive without the ceremony id as salt: a re-share
+	// (same secret, new ceremony) keeps backups restorable.
+	backupRecipientInfo = "custodysigner/appliance/v1/backup-recipient"
+	backupWrapInfo      = "custodysigner/appliance/v1/backup-wrapping-key"
 )
 
 // derivedSize is the length of the PIN key and of the verifier.
@@ -114,6 +118,25 @@ func (s *Secret) Verify(verifier []byte) bool {
 	return ok
 }
 
+// BackupRecipientSeed derives the 32-byte seed of the key pair backups are
+// encrypted to: the appliance keeps only the public half, so it can write
+// backups that only a quorum can read. nil after Destroy; the caller zeroes it.
+func (s *Secret) BackupRecipientSeed() []byte {
+	var v []byte
+	s.locked(func(st *secretState) { v = st.deriveStable(backupRecipientInfo) })
+	return v
+}
+
+// BackupWrappingKey derives the 32-byte value of the HSM's trusted AES key
+// under which backup-able private keys are wrapped: a fresh token given the
+// same quorum gets the same wrapping key, and can unwrap. nil after
+// Destroy; the caller zeroes it.
+func (s *Secret) BackupWrappingKey() []byte {
+	var v []byte
+	s.locked(func(st *secretState) { v = st.deriveStable(backupWrapInfo) })
+	return v
+}
+
 // locked runs fn with the live secret locked; it does nothing for a nil,
 // zero or destroyed Secret.
 func (s *Secret) locked(fn func(st *secretState)) {
@@ -144,6 +167,16 @@ func (st *secretState) derive(label string) []byte {
 	r := hkdf.New(sha256.New, st.buf, st.ceremonyID[:], []byte(label))
 	if _, err := io.ReadFull(r, out); err != nil {
 		// HKDF-SHA256 yields up to 8160 bytes; 32 cannot fail.
+		panic("ceremony: hkdf: " + err.Error())
+	}
+	return out
+}
+
+// deriveStable is derive without the ceremony id: for keys that must
+// outlive a re-share. st.mu must be held.
+func (st *secretState) deriveStable(label string) []byte {
+	out := make([]byte, derivedSize)
+	if _, err := io.ReadFull(hkdf.New(sha256.New, st.buf, nil, []byte(label)), out); err != nil {
 		panic("ceremony: hkdf: " + err.Error())
 	}
 	return out

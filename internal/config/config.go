@@ -6,6 +6,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +40,49 @@ type Config struct {
 	Seal       Seal        `yaml:"seal"`
 	Freeze     Freeze      `yaml:"freeze"`
 	Screening  Screening   `yaml:"screening"`
+	Audit      Audit       `yaml:"audit"`
+	Backup     Backup      `yaml:"backup"`
 	Principals []Principal `yaml:"principals"`
+
+	// raw is the document as read, for Digest and for backups.
+	raw []byte
+}
+
+// Digest is the SHA-256 of the configuration document as read, in hex: it
+// is audited at every start so a changed configuration is visible.
+func (c *Config) Digest() string {
+	sum := sha256.Sum256(c.raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// BackupDir is backup.dir, or "backups" beside the database.
+func (c *Config) BackupDir() string {
+	if c.Backup.Dir != "" {
+		return c.Backup.Dir
+	}
+	return filepath.Join(filepath.Dir(c.Store.Path), "backups")
+}
+
+// Raw returns a copy of the configuration document as read.
+func (c *Config) Raw() []byte { return bytes.Clone(c.raw) }
+
+// Backup configures where POST /v1/backups writes its archives (default:
+// a "backups" directory beside the database). Archives are encrypted to the
+// quorum's backup key, so the directory may be synced to untrusted storage.
+type Backup struct {
+	Dir string `yaml:"dir"`
+}
+
+// Audit configures the audit chain's checkpoints: the audit key in the HSM
+// signs the chain head every CheckpointEvery entries or CheckpointInterval,
+// whichever comes first, and at shutdown.
+type Audit struct {
+	CheckpointEvery    int      `yaml:"checkpoint_every"`    // default 1000
+	CheckpointInterval Duration `yaml:"checkpoint_interval"` // default 10s
+	// AuthFailuresPerMinute bounds how many authentication and authorisation
+	// failures are audited one by one; beyond it they are counted and
+	// summarised, so a flood cannot fill the disk. Default 60.
+	AuthFailuresPerMinute int `yaml:"auth_failures_per_minute"`
 }
 
 // Screening names the known-risk address lists: one address per line, per
@@ -81,6 +125,11 @@ type Seal struct {
 	// RejectionsToEnd is how many officers' rejections end a signing request
 	// waiting for approvals. Default 1.
 	RejectionsToEnd int `yaml:"rejections_to_end"`
+	// AllowKeyMismatch unseals even when registered keys are missing from
+	// the token or differ from their pinned public keys; those keys are
+	// refused service. Off by default: a mismatch refuses unsealing with a
+	// report, because it means another token, or a tampered registry.
+	AllowKeyMismatch bool `yaml:"allow_key_mismatch"`
 	// DevUnsealShares (mode dev only): share files submitted at start, so a
 	// developer's instance comes up unsealed. Refused in production.
 	DevUnsealShares []string `yaml:"dev_unseal_shares"`
@@ -196,6 +245,7 @@ func Parse(raw []byte) (*Config, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
+	c.raw = bytes.Clone(raw)
 	return &c, nil
 }
 
@@ -232,6 +282,15 @@ func (c *Config) applyDefaults() {
 	}
 	if c.Screening.WatchInterval == 0 {
 		c.Screening.WatchInterval = Duration(10 * time.Second)
+	}
+	if c.Audit.CheckpointEvery == 0 {
+		c.Audit.CheckpointEvery = 1000
+	}
+	if c.Audit.CheckpointInterval == 0 {
+		c.Audit.CheckpointInterval = Duration(10 * time.Second)
+	}
+	if c.Audit.AuthFailuresPerMinute == 0 {
+		c.Audit.AuthFailuresPerMinute = 60
 	}
 	if c.Seal.RejectionsToEnd == 0 {
 		c.Seal.RejectionsToEnd = 1
@@ -298,6 +357,9 @@ func (c *Config) validate() error {
 	if c.Freeze.AfterRecordFailures < 0 || c.Freeze.AfterDenials < 0 {
 		bad("freeze: thresholds must be positive (use a large number to make a trigger unreachable)")
 	}
+	if c.Audit.CheckpointEvery < 0 || c.Audit.CheckpointInterval < 0 || c.Audit.AuthFailuresPerMinute < 0 {
+		bad("audit: checkpoint_every, checkpoint_interval and auth_failures_per_minute must not be negative")
+	}
 	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
 		bad("seal.dev_unseal_shares is only allowed in mode dev")
 	}
@@ -328,7 +390,7 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) resolvePaths(dir string) {
-	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf} {
+	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf, &c.Backup.Dir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

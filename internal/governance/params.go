@@ -50,6 +50,8 @@ type CreateKeyParams struct {
 	Algorithm string `json:"algorithm,omitempty"`
 	Chain     string `json:"chain,omitempty"`
 	Network   string `json:"network,omitempty"`
+	// WrappedBackup: the key can be backed up wrapped inside the HSM.
+	WrappedBackup bool `json:"wrapped_backup,omitempty"`
 }
 
 // GrantKeyParams grants (or, for revoke_key, revokes) a key to a client principal.

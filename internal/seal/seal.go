@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/ceremony"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -39,7 +41,7 @@ type Store interface {
 	GetCeremony(ctx context.Context) (store.Ceremony, error)
 	GetFreeze(ctx context.Context) (store.FreezeState, error)
 	WriteTx(ctx context.Context, fn func(tx *store.Tx) error) error
-	RecordEvent(ctx context.Context, kind, principal, detail string) error
+	RecordAudit(ctx context.Context, rec audit.Record) error
 }
 
 // Options configure a Manager.
@@ -151,7 +153,11 @@ func (m *Manager) autoUnseal(ctx context.Context) error {
 	if err := m.unsealLocked(ctx, pin); err != nil {
 		return err
 	}
-	m.event(ctx, "unseal", "", "auto-unseal from "+m.opts.AutoSource)
+	if err := m.st.RecordAudit(ctx, audit.Record{Kind: "unseal", Detail: "auto-unseal from " + m.opts.AutoSource,
+		Fields: map[string]string{"mode": "auto", "source": m.opts.AutoSource}}); err != nil {
+		m.sealLocked()
+		return auditUnavailable(err)
+	}
 	return nil
 }
 
@@ -165,6 +171,16 @@ func (m *Manager) unsealLocked(ctx context.Context, pin []byte) error {
 	m.gate.Unlock()
 	m.log.Info("unsealed: ready to sign")
 	return nil
+}
+
+// sealLocked undoes unsealLocked (an unseal whose audit entry failed);
+// m.mu is held.
+func (m *Manager) sealLocked() {
+	m.gate.Lock()
+	m.sealed = true
+	m.gate.Unlock()
+	m.u.Seal()
+	m.log.Error("sealed again: the unseal could not be audited")
 }
 
 // Enter admits one signer. The caller signs with the returned context,
@@ -256,24 +272,40 @@ func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progre
 	if !m.Sealed() {
 		return Progress{Sealed: false, Threshold: m.cer.Threshold}, nil
 	}
+	idx := shareIndex(text)
 	secret, have, err := m.progress.Add(text)
 	if err != nil {
-		m.event(ctx, "unseal_share_refused", officer, shareRefusal(err))
+		// A refusal changes nothing, so it stands even if it cannot be audited.
+		m.event(ctx, audit.Record{Kind: "unseal_share_refused", Principal: officer, Detail: shareRefusal(err),
+			Fields: map[string]string{"share_index": idx}})
 		m.log.Warn("unseal share refused", zap.String("officer", officer), zap.String("reason", shareRefusal(err)))
 		return m.progressNow(), apierr.Wrap(err, http.StatusUnprocessableEntity, apierr.CodeShareInvalid, "share refused: %s", shareRefusal(err))
 	}
 	if secret == nil {
-		m.event(ctx, "unseal_share", officer, fmt.Sprintf("progress %d of %d", have, m.cer.Threshold))
+		rec := audit.Record{Kind: "unseal_share", Principal: officer, Detail: fmt.Sprintf("progress %d of %d", have, m.cer.Threshold),
+			Fields: map[string]string{"share_index": idx}}
+		if err := m.st.RecordAudit(ctx, rec); err != nil {
+			// Fail closed: a share whose acceptance cannot be audited is not
+			// accepted. Progress so far is dropped with it.
+			m.progress.Reset()
+			return m.progressNow(), auditUnavailable(err)
+		}
 		return m.progressNow(), nil
 	}
 	pin := secret.DerivePIN()
 	secret.Destroy()
 	defer clear(pin)
+	quorum := audit.Record{Kind: "unseal", Principal: officer, Detail: fmt.Sprintf("quorum of %d shares", m.cer.Threshold),
+		Fields: map[string]string{"share_index": idx, "mode": "quorum"}}
 	if err := m.unsealLocked(ctx, pin); err != nil {
-		m.event(ctx, "unseal_failed", officer, "the HSM refused the derived PIN or a key failed its check")
-		return m.progressNow(), apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "shares combined, but the HSM could not be opened")
+		m.event(ctx, audit.Record{Kind: "unseal_failed", Principal: officer, Detail: "the HSM refused the derived PIN or a key failed its check",
+			Fields: map[string]string{"share_index": idx}})
+		return m.progressNow(), apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "shares combined, but the HSM could not be opened: %s", unsealReason(err))
 	}
-	m.event(ctx, "unseal", officer, fmt.Sprintf("quorum of %d shares", m.cer.Threshold))
+	if err := m.st.RecordAudit(ctx, quorum); err != nil {
+		m.sealLocked()
+		return m.progressNow(), auditUnavailable(err)
+	}
 	return Progress{Sealed: false, Progress: 0, Threshold: m.cer.Threshold}, nil
 }
 
@@ -369,8 +401,44 @@ func (m *Manager) AfterUnfreeze(ctx context.Context) {
 	}
 }
 
-func (m *Manager) event(ctx context.Context, kind, principal, detail string) {
-	if err := m.st.RecordEvent(ctx, kind, principal, detail); err != nil {
-		m.log.Error("recording event", zap.String("kind", kind), zap.Error(err))
+// event audits something that has already happened and cannot be undone
+// (a refusal); failing to record it is logged.
+func (m *Manager) event(ctx context.Context, rec audit.Record) {
+	if err := m.st.RecordAudit(ctx, rec); err != nil {
+		m.log.Error("recording audit entry", zap.String("kind", rec.Kind), zap.Error(err))
 	}
 }
+
+// auditUnavailable is the refusal of an operation whose audit entry could
+// not be committed.
+func auditUnavailable(err error) error {
+	return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeUnavailable, "the audit log cannot be written; nothing was done")
+}
+
+// shareIndex is the index of a share for the audit ("?" if it does not
+// parse). The index is not secret; the share is, and is never recorded.
+func shareIndex(text string) string {
+	sh, err := ceremony.ParseShare(text)
+	if err != nil {
+		return "?"
+	}
+	clear(sh.Data)
+	return strconv.Itoa(int(sh.Index))
+}
+
+// unsealReason names why an unseal failed without leaking anything: the
+// integrity checks' reports are meant for officers.
+func unsealReason(err error) string {
+	var ie *IntegrityError
+	if errors.As(err, &ie) {
+		return ie.Error()
+	}
+	return "the HSM refused the derived PIN or a key failed its check"
+}
+
+// IntegrityError is returned by an Unsealer that refuses to unseal because
+// the appliance's state does not match the HSM's (audit head, key registry).
+// Its text is a report for officers and holds no secret.
+type IntegrityError struct{ Report string }
+
+func (e *IntegrityError) Error() string { return "integrity check failed: " + e.Report }

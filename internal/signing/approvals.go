@@ -203,11 +203,9 @@ func (s *Service) finish(ctx context.Context, rec store.Request, state, code, me
 			return err
 		}
 		if s.rules != nil {
-			if err := s.rules.Release(ctx, tx, rec.ID); err != nil {
-				return err
-			}
+			return s.rules.Release(ctx, tx, rec.ID)
 		}
-		return store.AppendEvent(ctx, tx, "request_"+state, "", rec.ID+": "+message)
+		return nil
 	})
 	if err != nil && !errors.Is(err, store.ErrConflict) {
 		s.log.Error("finishing a pending request", zap.String("request_id", rec.ID), zap.Error(err))

@@ -38,6 +38,7 @@ type Keyring struct {
 	keys    map[string]*Key
 	refused map[string]error // reason found at the last reconciliation
 	scripts map[string]bool  // P2WPKH scripts of the Bitcoin keys: change detection
+	extra   []hsm.PinnedKey  // the appliance's own keys (the audit key), pinned alongside
 }
 
 // errNotReconciled refuses keys until the HSM has been opened and checked.
@@ -77,15 +78,18 @@ func (kr *Keyring) IsOwnScript(script []byte) bool {
 }
 
 func newKey(k store.Key) *Key {
-	return &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm)}}
+	return &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm), WrappedBackup: k.WrappedBackup}}
 }
 
 // Reconcile checks every key against the token and pins the good ones so
 // that the HSM re-checks them after every reconnect.
-func (kr *Keyring) Reconcile(ctx context.Context, h KeyChecker, log *zap.Logger) {
+//
+// It returns the keys refused, by id, with the reason.
+func (kr *Keyring) Reconcile(ctx context.Context, h KeyChecker, log *zap.Logger, extra ...hsm.PinnedKey) map[string]error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
-	pins := make([]hsm.PinnedKey, 0, len(kr.keys))
+	kr.extra = extra
+	pins := append(make([]hsm.PinnedKey, 0, len(kr.keys)+len(extra)), extra...)
 	for id, key := range kr.keys {
 		if err := h.CheckKey(ctx, key.Ref, key.PublicKey); err != nil {
 			kr.refused[id] = err
@@ -98,6 +102,11 @@ func (kr *Keyring) Reconcile(ctx context.Context, h KeyChecker, log *zap.Logger)
 	}
 	h.SetPinnedKeys(pins)
 	log.Info("key registry reconciled", zap.Int("keys", len(kr.keys)), zap.Int("refused", len(kr.refused)))
+	out := make(map[string]error, len(kr.refused))
+	for id, err := range kr.refused {
+		out[id] = err
+	}
+	return out
 }
 
 // Add registers a key that was just generated and checked (a quorum's
@@ -109,7 +118,7 @@ func (kr *Keyring) Add(k store.Key, h KeyChecker) {
 	kr.keys[k.ID] = key
 	delete(kr.refused, k.ID)
 	kr.addScript(k)
-	pins := make([]hsm.PinnedKey, 0, len(kr.keys))
+	pins := append(make([]hsm.PinnedKey, 0, len(kr.keys)+len(kr.extra)), kr.extra...)
 	for id, key := range kr.keys {
 		if kr.refused[id] == nil {
 			pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"github.com/custodysigner/appliance/internal/audit"
 	"time"
 )
 
@@ -76,7 +77,8 @@ func AddRequestApprovalTx(ctx context.Context, tx *Tx, id string, a Approval) er
 }
 
 // MoveRequestTx changes a request's state from one to another inside tx,
-// recording a reason for final refusals; ErrConflict if it was not in from.
+// recording a reason for final refusals, and audits the change; ErrConflict
+// if it was not in from.
 func MoveRequestTx(ctx context.Context, tx *Tx, id, from, to, code, message string) error {
 	res, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, error_code = ?, error_message = ?, updated_at = ? WHERE id = ? AND state = ?`,
 		to, code, message, time.Now().UTC().UnixNano(), id, from)
@@ -86,7 +88,11 @@ func MoveRequestTx(ctx context.Context, tx *Tx, id, from, to, code, message stri
 	if n, _ := res.RowsAffected(); n == 0 {
 		return fmt.Errorf("store: request %s is not %s: %w", id, from, ErrConflict)
 	}
-	return nil
+	f := map[string]string{"request_id": id, "from": from, "state": to}
+	if code != "" {
+		f["code"] = code
+	}
+	return appendAudit(ctx, tx, audit.Record{Kind: "request_" + to, Detail: message, Fields: f}, nil)
 }
 
 // ListRequests returns requests in a state, newest first.

@@ -210,22 +210,6 @@ func (s *Store) ListPrincipals(ctx context.Context) ([]PrincipalRecord, error) {
 	return out, rows.Err()
 }
 
-// AppendEvent records a seal, freeze or governance step inside tx. detail
-// must never hold a secret: callers pass share indexes, never shares.
-func AppendEvent(ctx context.Context, tx *Tx, kind, principal, detail string) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO events (at, kind, principal, detail) VALUES (?, ?, ?, ?)`,
-		time.Now().UTC().UnixNano(), kind, principal, detail)
-	if err != nil {
-		return fmt.Errorf("store: append event: %w", err)
-	}
-	return nil
-}
-
-// RecordEvent appends one event in its own transaction.
-func (s *Store) RecordEvent(ctx context.Context, kind, principal, detail string) error {
-	return s.WriteTx(ctx, func(tx *Tx) error { return AppendEvent(ctx, tx, kind, principal, detail) })
-}
-
 // Event is one recorded step.
 type Event struct {
 	Seq       int64     `json:"seq"`

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 // Key is a registry entry for a key held in the HSM. The pinned PublicKey is
@@ -21,6 +23,10 @@ type Key struct {
 	PublicKey []byte // pinned public key
 	Address   string // canonical address, may be ""
 	CreatedAt time.Time
+	// WrappedBackup: the private key is extractable only wrapped under the
+	// token's trusted backup key (CKA_WRAP_WITH_TRUSTED), so it can be
+	// backed up and restored onto a fresh token; never in the clear.
+	WrappedBackup bool
 }
 
 // Algorithms the registry accepts.
@@ -30,7 +36,7 @@ const (
 	AlgEd25519   = "ed25519"
 )
 
-const keyColumns = `id, label, cka_id, algorithm, chain, network, public_key, address, created_at`
+const keyColumns = `id, label, cka_id, algorithm, chain, network, public_key, address, created_at, wrapped_backup`
 
 // InsertKey registers k. A duplicate id or CKA_ID is an error wrapping
 // ErrConflict; a missing id, CKA_ID or public key, or an unknown algorithm,
@@ -47,15 +53,17 @@ func InsertKeyTx(ctx context.Context, tx *Tx, k Key) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = time.Now()
 	}
-	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Label, k.CKAID, k.Algorithm, k.Chain, k.Network, k.PublicKey, k.Address, k.CreatedAt.UTC().UnixNano())
+	_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Label, k.CKAID, k.Algorithm, k.Chain, k.Network, k.PublicKey, k.Address, k.CreatedAt.UTC().UnixNano(), k.WrappedBackup)
 	if isUnique(err) {
 		return fmt.Errorf("store: key %q: id or CKA_ID already registered: %w", k.ID, ErrConflict)
 	}
 	if err != nil {
 		return fmt.Errorf("store: insert key %q: %w", k.ID, err)
 	}
-	return nil
+	return appendAudit(ctx, tx, audit.Record{Kind: "key_registered", Detail: "key " + k.ID + " generated in the HSM and registered",
+		Fields: map[string]string{"key_id": k.ID, "label": k.Label, "algorithm": k.Algorithm, "chain": k.Chain, "network": k.Network,
+			"public_key": fmt.Sprintf("%x", k.PublicKey), "address": k.Address, "wrapped_backup": fmt.Sprint(k.WrappedBackup)}}, nil)
 }
 
 func validKey(k Key) error {
@@ -112,7 +120,7 @@ type scanner interface{ Scan(dest ...any) error }
 func scanKey(sc scanner) (Key, error) {
 	var k Key
 	var created int64
-	err := sc.Scan(&k.ID, &k.Label, &k.CKAID, &k.Algorithm, &k.Chain, &k.Network, &k.PublicKey, &k.Address, &created)
+	err := sc.Scan(&k.ID, &k.Label, &k.CKAID, &k.Algorithm, &k.Chain, &k.Network, &k.PublicKey, &k.Address, &created, &k.WrappedBackup)
 	k.CreatedAt = time.Unix(0, created).UTC()
 	return k, err
 }

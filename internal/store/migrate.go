@@ -21,6 +21,12 @@ import (
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
+// goSteps run after a migration's SQL, in the same transaction, for what SQL
+// cannot do (hashing). Like the SQL files, a released step never changes.
+var goSteps = map[int]func(ctx context.Context, tx *Tx) error{
+	7: chainExistingEvents,
+}
+
 type migration struct {
 	version int
 	name    string
@@ -94,6 +100,11 @@ func (s *Store) migrate(ctx context.Context) error {
 			}
 			if _, err := tx.ExecContext(ctx, m.sql); err != nil {
 				return fmt.Errorf("store: apply migration %s: %w", m.name, err)
+			}
+			if step := goSteps[m.version]; step != nil {
+				if err := step(ctx, tx); err != nil {
+					return fmt.Errorf("store: apply migration %s: %w", m.name, err)
+				}
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)`,
 				m.version, m.name, s.now().UTC().UnixNano()); err != nil {

@@ -3,11 +3,14 @@ package store
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"database/sql"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 // Request states. Later issues add pending_approval, rejected and expired.
@@ -100,6 +103,9 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 		if err != nil {
 			return fmt.Errorf("store: re-read request %s: %w", r.ID, err)
 		}
+		if err := s.Audit(ctx, tx, requestRecord(stored)); err != nil {
+			return err
+		}
 		out, created = stored, true
 		return nil
 	})
@@ -150,26 +156,31 @@ type Completion struct {
 
 // CompleteRequestWith moves signing → signed with every part of the answer.
 func (s *Store) CompleteRequestWith(ctx context.Context, id string, c Completion) error {
-	return s.transition(ctx, id, StateSigning, StateSigned,
+	return s.transition(ctx, id, StateSigning, StateSigned, audit.Record{Fields: map[string]string{"tx_hash": c.TxHash}},
 		`signed_tx = ?, tx_hash = ?, signed_psbt = ?, error_code = '', error_message = ''`, nonNil(c.SignedTx), c.TxHash, c.SignedPSBT)
 }
 
 // FailRequest records why signing failed: signing → failed.
 func (s *Store) FailRequest(ctx context.Context, id, code, message string) error {
-	return s.transition(ctx, id, StateSigning, StateFailed, `error_code = ?, error_message = ?`, code, message)
+	return s.transition(ctx, id, StateSigning, StateFailed, audit.Record{Detail: message, Fields: map[string]string{"code": code}},
+		`error_code = ?, error_message = ?`, code, message)
 }
 
 // RestartRequest moves failed → signing so an idempotent retry can sign
 // after, say, an HSM outage. The error fields are kept until the outcome of
 // the retry overwrites them.
 func (s *Store) RestartRequest(ctx context.Context, id string) error {
-	return s.transition(ctx, id, StateFailed, StateSigning, ``)
+	return s.transition(ctx, id, StateFailed, StateSigning, audit.Record{Detail: "retried with the same idempotency key"}, ``)
 }
 
 // transition moves request id from one state to another, setting the extra
 // columns in set (a trusted constant fragment) to args. The state is checked
 // in the UPDATE itself, so two racing transitions cannot both succeed.
-func (s *Store) transition(ctx context.Context, id, from, to, set string, args ...any) error {
+//
+// The transition is audited in the same transaction (kind "request_<to>",
+// with rec's detail and fields): a signature whose record cannot be audited
+// is never recorded, and so never returned.
+func (s *Store) transition(ctx context.Context, id, from, to string, rec audit.Record, set string, args ...any) error {
 	if set != "" {
 		set = ", " + set
 	}
@@ -186,7 +197,8 @@ func (s *Store) transition(ctx context.Context, id, from, to, set string, args .
 			return fmt.Errorf("store: request %s %s → %s: %w", id, from, to, err)
 		}
 		if n == 1 {
-			return nil
+			rec.Kind, rec.Fields = "request_"+to, withState(rec.Fields, id, from, to)
+			return s.Audit(ctx, tx, rec)
 		}
 		var cur string
 		err = tx.QueryRowContext(ctx, `SELECT state FROM requests WHERE id = ?`, id).Scan(&cur)
@@ -245,4 +257,41 @@ func DenyRequestTx(ctx context.Context, tx *Tx, id, code, message string) error 
 		return fmt.Errorf("store: deny request %s: %w", id, err)
 	}
 	return nil
+}
+
+// requestRecord is the audit entry of a new request, written in the
+// transaction that creates it: who asked, for which key, what the appliance
+// understood (the decoded intent), and what was decided (signing, pending
+// approval, or denied with the rule). The idempotency key is the client's
+// and is stored as an HMAC.
+func requestRecord(r Request) audit.Record {
+	f := map[string]string{
+		"request_id":     r.ID,
+		"key_id":         r.KeyID,
+		"chain":          r.Chain,
+		"network":        r.Network,
+		"state":          r.State,
+		"payload_sha256": fmt.Sprintf("%x", sha256.Sum256(r.Payload)),
+		"intent":         string(r.Intent),
+	}
+	if len(r.Digest) > 0 {
+		f["digest"] = fmt.Sprintf("%x", r.Digest)
+	}
+	if r.ErrorCode != "" {
+		f["code"] = r.ErrorCode
+	}
+	rec := audit.Record{Kind: "sign_request", Principal: r.Principal, Detail: r.ErrorMessage, Fields: f}
+	if r.IdempotencyKey != "" {
+		rec.Sensitive = map[string]string{"idempotency_key": r.IdempotencyKey}
+	}
+	return rec
+}
+
+// withState adds the request id and the transition to an entry's fields.
+func withState(f map[string]string, id, from, to string) map[string]string {
+	out := map[string]string{"request_id": id, "from": from, "state": to}
+	for k, v := range f {
+		out[k] = v
+	}
+	return out
 }

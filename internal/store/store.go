@@ -19,10 +19,13 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
 	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 // Errors callers compare with errors.Is. Returned errors wrap them with context.
@@ -55,6 +58,8 @@ type Store struct {
 	r   *sql.DB // query-only pool for reads
 	log *zap.Logger
 	now func() time.Time
+
+	redactor atomic.Pointer[audit.Redactor] // HMAC key for sensitive audit fields; nil while sealed
 }
 
 // Open opens (creating if missing) the database at path and migrates it to

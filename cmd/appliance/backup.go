@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/custodysigner/appliance/internal/app"
+	"github.com/custodysigner/appliance/internal/backup"
+)
+
+// backupCmd asks the running appliance to write an encrypted backup.
+func backupCmd(args []string, out io.Writer) error {
+	if len(args) > 0 && args[0] == "inspect" {
+		if len(args) != 2 {
+			return usageError{"backup inspect FILE"}
+		}
+		f, err := os.Open(args[1])
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h, err := backup.ReadHeader(f)
+		if err != nil {
+			return err
+		}
+		return printJSON(out, map[string]any{"format_version": h.Version, "created_at": h.Created,
+			"recipient_fingerprint": h.Recipient.String(), "hpke": fmt.Sprintf("kem 0x%04x kdf 0x%04x aead 0x%04x", h.KEM, h.KDF, h.AEAD)})
+	}
+	c, err := newClient("backup", args, nil)
+	if err != nil {
+		return err
+	}
+	var res map[string]any
+	if err := c.Do(context.Background(), "POST", "/v1/backups", map[string]string{}, &res); err != nil {
+		return err
+	}
+	return printJSON(out, res)
+}
+
+// restoreCmd rebuilds an appliance from an archive on a fresh token.
+func restoreCmd(args []string, out io.Writer) error {
+	var archive, soPINFile string
+	var shares repeated
+	cfg, log, err := loadConfig("restore", args, func(fs *flag.FlagSet) {
+		fs.StringVar(&archive, "archive", "", "backup archive (.apbk)")
+		fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the new token's SO PIN")
+		fs.Var(&shares, "share-file", "unseal share file of the backup's ceremony (repeat until the threshold)")
+	})
+	if err != nil {
+		return err
+	}
+	if archive == "" || soPINFile == "" || len(shares) == 0 {
+		return usageError{"restore --config FILE --archive FILE --so-pin-file FILE --share-file F [--share-file F ...]"}
+	}
+	soPIN, err := os.ReadFile(soPINFile)
+	if err != nil {
+		return err
+	}
+	defer clear(soPIN)
+	soPIN = []byte(strings.TrimRight(string(soPIN), "\r\n"))
+	var texts []string
+	for _, f := range shares {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		texts = append(texts, strings.TrimSpace(string(raw)))
+		clear(raw)
+	}
+	rep, err := app.Restore(context.Background(), cfg, log, archive, texts, soPIN)
+	if err != nil {
+		return err
+	}
+	return printJSON(out, rep)
+}

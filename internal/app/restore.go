@@ -1,0 +1,313 @@
+package app
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/internal/audit"
+	"github.com/custodysigner/appliance/internal/backup"
+	"github.com/custodysigner/appliance/internal/ceremony"
+	"github.com/custodysigner/appliance/internal/config"
+	"github.com/custodysigner/appliance/internal/store"
+)
+
+// RestoreReport says what a restore brought back.
+type RestoreReport struct {
+	Archive       string   `json:"archive"`
+	BackupTakenAt string   `json:"backup_taken_at"`
+	AuditHeadSeq  int64    `json:"audit_head_seq"`
+	KeysRestored  []string `json:"keys_restored"`
+	// KeysNotInBackup are keys created without the wrapped-backup
+	// attribute: they come back only through the HSM vendor's replication,
+	// and the appliance refuses to unseal until they are on the token
+	// (or seal.allow_key_mismatch is set).
+	KeysNotInBackup []string `json:"keys_not_in_backup"`
+	ConfigDiffers   bool     `json:"config_differs"`
+}
+
+// Restore rebuilds an appliance from an archive on a fresh token and an
+// empty data directory, with the officers' quorum: the shares derive the
+// backup key (to decrypt), the PIN (to initialise the token), and the
+// wrapping key (to unwrap the private keys inside the HSM). Keys come back
+// with the same CKA_IDs and public keys; the database — policies,
+// principals, pending requests, the audit chain — comes back as it was, and
+// the chain continues with a "restore" entry and a fresh checkpoint.
+//
+// The configuration in use is cfg (the new host's); the archived one is
+// written beside the database as appliance.yaml.from-backup for comparison.
+func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive string, shareTexts []string, soPIN []byte) (*RestoreReport, error) {
+	rep := &RestoreReport{Archive: archive}
+	if _, err := os.Stat(cfg.Store.Path); err == nil {
+		return nil, fmt.Errorf("restore: %s exists; restore only into an empty data directory", cfg.Store.Path)
+	}
+	secret, ceremonyID, err := ceremony.Recover(shareTexts)
+	if err != nil {
+		return nil, fmt.Errorf("restore: the quorum's shares: %w", err)
+	}
+	defer secret.Destroy()
+	seed := secret.BackupRecipientSeed()
+	priv, _, err := backup.KeyPairFromSeed(seed)
+	clear(seed)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(cfg.Store.Path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	staging, err := os.MkdirTemp(dir, ".restore-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(staging)
+	man, wrapped, cfgRaw, err := unpack(archive, priv, staging)
+	if err != nil {
+		return nil, err
+	}
+	rep.BackupTakenAt, rep.AuditHeadSeq = man.CreatedAt.Format(time.RFC3339), man.AuditHead.Seq
+	rep.ConfigDiffers = string(cfgRaw) != string(cfg.Raw())
+	if hex.EncodeToString(ceremonyID[:]) != man.Ceremony.ID {
+		return nil, fmt.Errorf("restore: the shares are from ceremony %x, the backup from %s (re-shared since? use the shares of the backup's ceremony)", ceremonyID[:], man.Ceremony.ID)
+	}
+
+	// The database: checked against the shares before anything touches the token.
+	dbPath := filepath.Join(staging, memberDB)
+	st, err := store.Open(ctx, dbPath, log.Named("store"))
+	if err != nil {
+		return nil, fmt.Errorf("restore: open the archived database: %w", err)
+	}
+	closeStore := func() {
+		if st != nil {
+			_ = st.Close()
+			st = nil
+		}
+	}
+	defer closeStore()
+	if err := st.QuickCheck(ctx); err != nil {
+		return nil, err
+	}
+	cer, err := st.GetCeremony(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !secret.Verify(cer.Verifier) {
+		return nil, errors.New("restore: the shares do not match the archived ceremony's verifier")
+	}
+
+	// The token: initialise it with the derived PIN, provision the wrapping key, unwrap.
+	pin := secret.DerivePIN()
+	defer clear(pin)
+	uri, err := hsm.ParseURI(cfg.HSM.URI)
+	if err != nil {
+		return nil, fmt.Errorf("hsm.uri: %w", err)
+	}
+	if cfg.HSM.SoftHSM2Conf != "" {
+		if err := os.Setenv("SOFTHSM2_CONF", cfg.HSM.SoftHSM2Conf); err != nil {
+			return nil, err
+		}
+	}
+	if err := hsm.InitToken(uri.ModulePath, uri.Token, soPIN, pin); err != nil {
+		return nil, fmt.Errorf("restore: initialise token %q (it must be fresh): %w", uri.Token, err)
+	}
+	wrapKey := secret.BackupWrappingKey()
+	err = hsm.ProvisionWrappingKey(uri.ModulePath, uri.Token, soPIN, pin, backupWrapLabel, wrapKey)
+	clear(wrapKey)
+	if err != nil {
+		return nil, fmt.Errorf("restore: provision the backup wrapping key: %w", err)
+	}
+	m, err := OpenHSM(ctx, cfg, log, pin)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	ckaIDs, err := restoredCKAIDs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range man.Keys {
+		if !k.Wrapped {
+			rep.KeysNotInBackup = append(rep.KeysNotInBackup, k.ID)
+			continue
+		}
+		pub, err := hex.DecodeString(k.PublicKey)
+		if err != nil {
+			return nil, err
+		}
+		id, ok := ckaIDs[k.ID]
+		if !ok {
+			return nil, fmt.Errorf("restore: key %s is in the manifest but not in the archived registry", k.ID)
+		}
+		if err := m.UnwrapKey(ctx, wrapped[k.WrappedMember], backupWrapLabel, hsm.Algorithm(k.Algorithm), id, k.Label, pub); err != nil {
+			return nil, fmt.Errorf("restore: unwrap key %s: %w", k.ID, err)
+		}
+		rep.KeysRestored = append(rep.KeysRestored, k.ID)
+	}
+
+	// The audit chain continues: the token learns the archived head, a
+	// "restore" entry is appended, and a checkpoint signed over it.
+	if err := continueChain(ctx, st, m, rep, man); err != nil {
+		return nil, err
+	}
+	closeStore()
+	if err := writeFile(filepath.Join(dir, "appliance.yaml.from-backup"), cfgRaw, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if err := os.Rename(dbPath+suffix, cfg.Store.Path+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("restore: move the database into place: %w", err)
+		}
+	}
+	log.Info("restore complete", zap.String("archive", archive), zap.Strings("keys_restored", rep.KeysRestored),
+		zap.Strings("keys_not_in_backup", rep.KeysNotInBackup))
+	return rep, nil
+}
+
+// unpack decrypts the archive into staging and returns its manifest, the
+// wrapped keys and the archived configuration, checking every member
+// against the manifest.
+func unpack(archive string, priv *backup.PrivateKey, staging string) (*backup.Manifest, map[string][]byte, []byte, error) {
+	f, err := os.Open(archive)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	defer f.Close()
+	r, err := backup.Open(f, priv)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("restore: %s: %w", archive, err)
+	}
+	var man *backup.Manifest
+	wrapped := map[string][]byte{}
+	var cfgRaw []byte
+	for {
+		e, err := r.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("restore: %s: %w", archive, err)
+		}
+		switch {
+		case e.Name == backup.ManifestName:
+			if man, err = backup.ParseManifest(r); err != nil {
+				return nil, nil, nil, err
+			}
+		case man == nil:
+			return nil, nil, nil, fmt.Errorf("restore: %s: the manifest is not the first member", archive)
+		case e.Name == man.DatabaseMember:
+			if err := extract(r, filepath.Join(staging, memberDB), man.DatabaseSHA256); err != nil {
+				return nil, nil, nil, err
+			}
+		case e.Name == man.ConfigMember:
+			if cfgRaw, err = io.ReadAll(io.LimitReader(r, 16<<20)); err != nil {
+				return nil, nil, nil, err
+			}
+		case strings.HasPrefix(e.Name, "keys/"):
+			b, err := io.ReadAll(io.LimitReader(r, 1<<20))
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			wrapped[e.Name] = b
+		}
+	}
+	if man == nil || cfgRaw == nil {
+		return nil, nil, nil, fmt.Errorf("restore: %s is incomplete", archive)
+	}
+	if _, err := os.Stat(filepath.Join(staging, memberDB)); err != nil {
+		return nil, nil, nil, fmt.Errorf("restore: %s has no database", archive)
+	}
+	for _, k := range man.Keys {
+		if k.Wrapped && wrapped[k.WrappedMember] == nil {
+			return nil, nil, nil, fmt.Errorf("restore: %s lacks the wrapped key %s", archive, k.ID)
+		}
+	}
+	return man, wrapped, cfgRaw, nil
+}
+
+func extract(r io.Reader, path, wantSHA string) error {
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, r); err != nil {
+		out.Close()
+		return err
+	}
+	if err := errors.Join(out.Sync(), out.Close()); err != nil {
+		return err
+	}
+	got, err := fileSHA256(path)
+	if err != nil {
+		return err
+	}
+	if got != wantSHA {
+		return fmt.Errorf("restore: the database member's SHA-256 %s differs from the manifest's %s", got, wantSHA)
+	}
+	return nil
+}
+
+// restoredCKAIDs maps manifest key ids to their CKA_IDs in the archived registry.
+func restoredCKAIDs(ctx context.Context, st *store.Store) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	keys, err := st.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		out[k.ID] = k.CKAID
+	}
+	aks, err := st.AuditKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range aks {
+		out[auditKeyMemberID(k.KeyID)] = k.HSMID
+	}
+	return out, nil
+}
+
+// continueChain hands the archived chain to the new token: it writes the
+// archive's last checkpoint as the token's head, appends the restore entry
+// and signs a checkpoint over it with the restored audit key.
+func continueChain(ctx context.Context, st *store.Store, m *hsm.Module, rep *RestoreReport, man *backup.Manifest) error {
+	k, err := st.ActiveAuditKey(ctx)
+	if err != nil {
+		return fmt.Errorf("restore: audit key: %w", err)
+	}
+	ref := auditRef(k)
+	if err := m.CheckKey(ctx, ref, k.PublicKey); err != nil {
+		return fmt.Errorf("restore: the audit key did not come back: %w", err)
+	}
+	err = st.RecordAudit(ctx, audit.Record{Kind: "restore", Detail: "restored from an encrypted backup onto a fresh token",
+		Fields: map[string]string{"archive": filepath.Base(rep.Archive), "backup_taken_at": rep.BackupTakenAt,
+			"archived_head_seq": fmt.Sprint(man.AuditHead.Seq), "archived_head_hash": man.AuditHead.Hash,
+			"keys_restored": strings.Join(rep.KeysRestored, ","), "keys_not_in_backup": strings.Join(rep.KeysNotInBackup, ",")}})
+	if err != nil {
+		return err
+	}
+	seq, h, err := st.AuditHead(ctx)
+	if err != nil {
+		return err
+	}
+	cp := audit.Checkpoint{Seq: seq, Hash: h, At: time.Now().UTC().UnixNano(), KeyID: k.KeyID}
+	if cp.Signature, err = m.Sign(ctx, ref, cp.Digest()); err != nil {
+		return err
+	}
+	if err := st.AddCheckpoint(ctx, cp); err != nil {
+		return err
+	}
+	raw, err := encodeHead(cp)
+	if err != nil {
+		return err
+	}
+	return m.WriteData(ctx, auditHeadLabel, raw)
+}

@@ -1,0 +1,173 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// ErrTampered is wrapped by every verification failure caused by the data
+// (as opposed to an I/O error reading it).
+var ErrTampered = errors.New("audit chain verification failed")
+
+// BadEntry is a verification failure that names the first entry found bad.
+type BadEntry struct {
+	Seq    int64 // the first bad entry; 0 when the failure is about a checkpoint
+	Reason string
+}
+
+func (e *BadEntry) Error() string {
+	if e.Seq == 0 {
+		return e.Reason
+	}
+	return fmt.Sprintf("entry %d: %s", e.Seq, e.Reason)
+}
+
+func (e *BadEntry) Unwrap() error { return ErrTampered }
+
+func bad(seq int64, format string, a ...any) error {
+	return &BadEntry{Seq: seq, Reason: fmt.Sprintf(format, a...)}
+}
+
+// Report summarises a verified chain.
+type Report struct {
+	Entries           int64     `json:"entries"`
+	HeadSeq           int64     `json:"head_seq"`
+	HeadHash          string    `json:"head_hash"`
+	Checkpoints       int       `json:"checkpoints"`
+	LastCheckpointSeq int64     `json:"last_checkpoint_seq"`
+	LastCheckpointAt  time.Time `json:"last_checkpoint_at,omitzero"`
+	// Unprotected counts entries after the last checkpoint: they are
+	// chained, but no signature covers them yet.
+	Unprotected int64    `json:"unprotected"`
+	Keys        []string `json:"keys"` // audit key ids that signed checkpoints
+}
+
+// Verifier checks a chain entry by entry, in order, against checkpoints
+// signed by known audit keys. It holds one entry and the checkpoints in
+// memory, whatever the length of the chain.
+type Verifier struct {
+	keys    map[string]*ecdsa.PublicKey
+	cps     map[int64]Checkpoint
+	last    Checkpoint // the checkpoint with the highest Seq
+	used    map[string]bool
+	n       int64
+	prevSeq int64
+	prev    []byte
+	err     error
+
+	anchors   map[int64][]byte
+	maxAnchor int64
+}
+
+// NewVerifier checks every checkpoint's signature first (naming the first
+// bad one) and prepares to verify entries from seq 1. A checkpoint signed by
+// a key not in keys is a failure: an auditor supplies the keys they trust.
+func NewVerifier(keys []*ecdsa.PublicKey, cps []Checkpoint) (*Verifier, error) {
+	v := &Verifier{keys: map[string]*ecdsa.PublicKey{}, cps: map[int64]Checkpoint{}, used: map[string]bool{}, prev: Genesis()}
+	for _, k := range keys {
+		v.keys[KeyID(k)] = k
+	}
+	sorted := append([]Checkpoint(nil), cps...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Seq < sorted[j].Seq })
+	var prevAt int64
+	for _, c := range sorted {
+		pub, ok := v.keys[c.KeyID]
+		if !ok {
+			return nil, bad(0, "checkpoint at entry %d is signed by audit key %s, which was not supplied", c.Seq, c.KeyID)
+		}
+		if !c.Verify(pub) {
+			return nil, bad(0, "checkpoint at entry %d: signature by audit key %s does not verify (checkpoint forged or altered)", c.Seq, c.KeyID)
+		}
+		if c.Seq < 1 || len(c.Hash) != HashSize {
+			return nil, bad(0, "checkpoint at entry %d is malformed", c.Seq)
+		}
+		if prev, dup := v.cps[c.Seq]; dup && !bytes.Equal(prev.Hash, c.Hash) {
+			return nil, bad(c.Seq, "two signed checkpoints disagree about this entry's hash (the chain was rewritten after it was checkpointed)")
+		}
+		if c.At < prevAt {
+			return nil, bad(0, "checkpoint at entry %d is dated before the checkpoint of an earlier entry", c.Seq)
+		}
+		prevAt = c.At
+		v.cps[c.Seq] = c
+		v.used[c.KeyID] = true
+		v.last = c
+	}
+	return v, nil
+}
+
+// Add verifies the next entry. After the first failure every later call
+// returns the same error.
+func (v *Verifier) Add(e *Entry) error {
+	if v.err != nil {
+		return v.err
+	}
+	v.err = v.add(e)
+	return v.err
+}
+
+func (v *Verifier) add(e *Entry) error {
+	want := v.prevSeq + 1
+	switch {
+	case e.Seq < want:
+		return bad(e.Seq, "out of order or duplicated: it comes after entry %d", v.prevSeq)
+	case e.Seq > want:
+		return bad(want, "missing: entry %d follows entry %d (entries deleted)", e.Seq, v.prevSeq)
+	}
+	if !bytes.Equal(e.PrevHash, v.prev) {
+		return bad(e.Seq, "does not follow entry %d: its previous-hash differs (an entry before it was changed, inserted or removed)", v.prevSeq)
+	}
+	if !bytes.Equal(e.ComputeHash(), e.Hash) {
+		return bad(e.Seq, "its contents do not match its hash (modified)")
+	}
+	if c, ok := v.cps[e.Seq]; ok && !bytes.Equal(c.Hash, e.Hash) {
+		return bad(e.Seq, "differs from the signed checkpoint of %s (the chain up to here was rewritten)",
+			time.Unix(0, c.At).UTC().Format(time.RFC3339))
+	}
+	if h, ok := v.anchors[e.Seq]; ok && !bytes.Equal(h, e.Hash) {
+		return bad(e.Seq, "differs from the expected head recorded earlier")
+	}
+	v.n++
+	v.prevSeq, v.prev = e.Seq, e.Hash
+	return nil
+}
+
+// Finish reports on the whole chain. It fails if a checkpoint covers an
+// entry that never came: the chain was truncated behind a signed head.
+func (v *Verifier) Finish() (Report, error) {
+	if v.err != nil {
+		return Report{}, v.err
+	}
+	if v.last.Seq > v.prevSeq {
+		return Report{}, bad(v.prevSeq+1, "missing: the chain ends at entry %d but a checkpoint signed at %s covers entry %d (truncated)",
+			v.prevSeq, time.Unix(0, v.last.At).UTC().Format(time.RFC3339), v.last.Seq)
+	}
+	if v.maxAnchor > v.prevSeq {
+		return Report{}, bad(v.prevSeq+1, "missing: the chain ends at entry %d, before the expected head %d (truncated)", v.prevSeq, v.maxAnchor)
+	}
+	r := Report{Entries: v.n, HeadSeq: v.prevSeq, HeadHash: fmt.Sprintf("%x", v.prev), Checkpoints: len(v.cps),
+		LastCheckpointSeq: v.last.Seq, Unprotected: v.prevSeq - v.last.Seq}
+	if v.last.Seq > 0 {
+		r.LastCheckpointAt = time.Unix(0, v.last.At).UTC()
+	}
+	for k := range v.used {
+		r.Keys = append(r.Keys, k)
+	}
+	sort.Strings(r.Keys)
+	return r, nil
+}
+
+// Anchor additionally requires entry seq to exist with the given hash: a
+// head the auditor recorded earlier (from a previous export, or the HSM's
+// copy of the last checkpoint). It catches truncation after the last
+// checkpoint in the file. Call it before the first Add.
+func (v *Verifier) Anchor(seq int64, hash []byte) {
+	if v.anchors == nil {
+		v.anchors = map[int64][]byte{}
+	}
+	v.anchors[seq] = append([]byte(nil), hash...)
+	v.maxAnchor = max(v.maxAnchor, seq)
+}
