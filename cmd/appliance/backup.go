@@ -77,3 +77,29 @@ func restoreCmd(args []string, out io.Writer) error {
 	}
 	return printJSON(out, rep)
 }
+
+// reshareCmd re-splits the unseal secret (appliance stopped): the old
+// shares stop working.
+func reshareCmd(args []string, out io.Writer) error {
+	var spec app.ReshareSpec
+	var officers string
+	var shares repeated
+	cfg, log, err := loadConfig("reshare", args, func(fs *flag.FlagSet) {
+		fs.IntVar(&spec.Threshold, "threshold", 0, "shares needed to unseal after the re-share")
+		fs.StringVar(&officers, "officers", "", "comma-separated registered officers who receive new shares")
+		fs.StringVar(&spec.OutDir, "out", "", "directory for shares/<officer>.share (must not hold them already)")
+		fs.Var(&shares, "share-file", "a current share file (repeat until the current threshold)")
+	})
+	if err != nil {
+		return err
+	}
+	if spec.Threshold == 0 || officers == "" || spec.OutDir == "" || len(shares) == 0 {
+		return usageError{"reshare --config FILE --share-file F [...] --threshold K --officers P1,P2,P3 --out DIR"}
+	}
+	spec.Officers = strings.Split(officers, ",")
+	if err := app.Reshare(context.Background(), cfg, log, shares, spec); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "re-shared %d of %d; new shares in %s/shares; the old shares no longer unseal\n", spec.Threshold, len(spec.Officers), spec.OutDir)
+	return nil
+}

@@ -60,6 +60,8 @@ Usage:
   appliance backup inspect FILE
   appliance restore      --config FILE --archive FILE --so-pin-file FILE --share-file F [...]
                          onto a fresh token and an empty data directory, with the quorum
+  appliance reshare      --config FILE --share-file F [...] --threshold K --officers P1,P2,P3 --out DIR
+                         appliance stopped: new shares, new PIN; the old shares stop working
   appliance config check FILE
   appliance dev pki      --dir DIR
   appliance version
@@ -136,6 +138,8 @@ func run(args []string, out io.Writer) error {
 		return backupCmd(rest, out)
 	case "restore":
 		return restoreCmd(rest, out)
+	case "reshare":
+		return reshareCmd(rest, out)
 	case "unseal":
 		return unsealCmd(rest, out)
 	case "freeze":

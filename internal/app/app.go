@@ -54,6 +54,7 @@ type App struct {
 	mu          sync.RWMutex
 	hsm         *hsm.Module  // open while unsealed, nil while sealed
 	auditSigner *auditSigner // the audit key while unsealed
+	backupAuth  []byte       // the backup manifest MAC key while unsealed
 }
 
 // New opens the store, loads the key registry and the seal state, and

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -32,7 +34,24 @@ const backupWrapLabel = "appliance-backup-wrap"
 const (
 	memberDB     = "appliance.db"
 	memberConfig = "appliance.yaml"
+	// memberMAC authenticates the manifest (and through its hashes, the
+	// database and configuration): HMAC-SHA256 under a key derived from the
+	// HSM PIN. The recipient key is public, so anyone could write an archive
+	// that decrypts; only the appliance (or a quorum) can write one whose
+	// MAC verifies.
+	memberMAC = "manifest.mac"
 )
+
+// backupAuthInfo labels the HKDF deriving the manifest MAC key from the PIN.
+const backupAuthInfo = "custodysigner/appliance/v1/backup-manifest-mac"
+
+func backupAuthKey(pin []byte) ([]byte, error) { return hkdf.Key(sha256.New, pin, nil, backupAuthInfo, 32) }
+
+func manifestMAC(key, manifest []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write(manifest)
+	return hex.EncodeToString(m.Sum(nil))
+}
 
 // auditKeyMemberID names the audit key among the manifest's keys.
 func auditKeyMemberID(keyID string) string { return "audit-key-" + keyID }
@@ -114,7 +133,11 @@ func (a *App) Backup(ctx context.Context, by string) (BackupResult, error) {
 	}
 	tmp := res.Path + ".tmp"
 	defer os.Remove(tmp)
-	if res.SHA256, res.Size, err = writeArchive(tmp, recipient, created, man, snap, a.cfg.Raw(), wrapped); err != nil {
+	authKey := a.currentBackupAuth()
+	if authKey == nil {
+		return res, apierr.New(http.StatusServiceUnavailable, apierr.CodeSealed, "backups need the HSM: unseal first")
+	}
+	if res.SHA256, res.Size, err = writeArchive(tmp, recipient, created, man, snap, a.cfg.Raw(), wrapped, authKey); err != nil {
 		return res, apierr.Internal(err)
 	}
 	err = a.store.RecordAudit(ctx, audit.Record{Kind: "backup", Principal: by, Detail: "encrypted backup written",
@@ -189,7 +212,7 @@ func (a *App) manifest(ctx context.Context, m *hsm.Module, signer *auditSigner, 
 	return man, wrapped, man.Validate()
 }
 
-func writeArchive(path string, recipient *backup.PublicKey, created time.Time, man *backup.Manifest, snap string, cfgRaw []byte, wrapped map[string][]byte) (string, int64, error) {
+func writeArchive(path string, recipient *backup.PublicKey, created time.Time, man *backup.Manifest, snap string, cfgRaw []byte, wrapped map[string][]byte, authKey []byte) (string, int64, error) {
 	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return "", 0, err
@@ -206,6 +229,9 @@ func writeArchive(path string, recipient *backup.PublicKey, created time.Time, m
 		return "", 0, err
 	}
 	if err := w.AddBytes(backup.ManifestName, manJSON); err != nil {
+		return "", 0, err
+	}
+	if err := w.AddBytes(memberMAC, []byte(manifestMAC(authKey, manJSON))); err != nil {
 		return "", 0, err
 	}
 	db, err := os.Open(snap)

@@ -1,7 +1,10 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -70,15 +73,26 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	man, wrapped, cfgRaw, err := unpack(archive, priv, staging)
+	// The archive's secret: the same secret bound to the ceremony the
+	// backup was taken under (the officers may have re-shared since).
+	var archived *ceremony.Secret
+	defer func() { archived.Destroy() }()
+	authKeyFor := func(man *backup.Manifest) ([]byte, error) {
+		raw, err := hex.DecodeString(man.Ceremony.ID)
+		if err != nil || len(raw) != 8 {
+			return nil, fmt.Errorf("restore: manifest ceremony id %q", man.Ceremony.ID)
+		}
+		archived = secret.Rebind([8]byte(raw))
+		pin := archived.DerivePIN()
+		defer clear(pin)
+		return backupAuthKey(pin)
+	}
+	man, wrapped, cfgRaw, err := unpack(archive, priv, staging, authKeyFor)
 	if err != nil {
 		return nil, err
 	}
 	rep.BackupTakenAt, rep.AuditHeadSeq = man.CreatedAt.Format(time.RFC3339), man.AuditHead.Seq
 	rep.ConfigDiffers = string(cfgRaw) != string(cfg.Raw())
-	if hex.EncodeToString(ceremonyID[:]) != man.Ceremony.ID {
-		return nil, fmt.Errorf("restore: the shares are from ceremony %x, the backup from %s (re-shared since? use the shares of the backup's ceremony)", ceremonyID[:], man.Ceremony.ID)
-	}
 
 	// The database: checked against the shares before anything touches the token.
 	dbPath := filepath.Join(staging, memberDB)
@@ -100,8 +114,24 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 	if err != nil {
 		return nil, err
 	}
-	if !secret.Verify(cer.Verifier) {
+	if !archived.Verify(cer.Verifier) {
 		return nil, errors.New("restore: the shares do not match the archived ceremony's verifier")
+	}
+	if !bytes.Equal(cer.ID, ceremonyID[:]) {
+		// Shares of a later re-share: the restored appliance takes their
+		// ceremony, so the officers unseal it with the shares they hold.
+		sh, err := ceremony.ParseShare(shareTexts[0])
+		if err != nil {
+			return nil, err
+		}
+		clear(sh.Data)
+		next := store.Ceremony{ID: ceremonyID[:], Threshold: int(sh.Threshold), Total: int(sh.Total), Verifier: secret.Verifier()}
+		err = st.WriteTx(ctx, func(tx *store.Tx) error {
+			return store.ReplaceCeremonyTx(ctx, tx, next, "restore with the shares of a later re-share")
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 
 	// The token: initialise it with the derived PIN, provision the wrapping key, unwrap.
@@ -175,7 +205,11 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 // unpack decrypts the archive into staging and returns its manifest, the
 // wrapped keys and the archived configuration, checking every member
 // against the manifest.
-func unpack(archive string, priv *backup.PrivateKey, staging string) (*backup.Manifest, map[string][]byte, []byte, error) {
+//
+// authKeyFor gives the manifest MAC key for a manifest; the MAC is checked
+// before any other member is trusted, and only the manifest's members (with
+// their sizes bounded and hashes checked) are accepted.
+func unpack(archive string, priv *backup.PrivateKey, staging string, authKeyFor func(*backup.Manifest) ([]byte, error)) (*backup.Manifest, map[string][]byte, []byte, error) {
 	f, err := os.Open(archive)
 	if err != nil {
 		return nil, nil, nil, err
@@ -186,6 +220,9 @@ func unpack(archive string, priv *backup.PrivateKey, staging string) (*backup.Ma
 		return nil, nil, nil, fmt.Errorf("restore: %s: %w", archive, err)
 	}
 	var man *backup.Manifest
+	var manJSON []byte
+	authenticated := false
+	expected := map[string]bool{}
 	wrapped := map[string][]byte{}
 	var cfgRaw []byte
 	for {
@@ -197,29 +234,60 @@ func unpack(archive string, priv *backup.PrivateKey, staging string) (*backup.Ma
 			return nil, nil, nil, fmt.Errorf("restore: %s: %w", archive, err)
 		}
 		switch {
-		case e.Name == backup.ManifestName:
-			if man, err = backup.ParseManifest(r); err != nil {
+		case e.Name == backup.ManifestName && man == nil:
+			if manJSON, err = readBounded(r, backup.MaxManifestSize); err != nil {
 				return nil, nil, nil, err
 			}
+			if man, err = backup.ParseManifest(bytes.NewReader(manJSON)); err != nil {
+				return nil, nil, nil, err
+			}
+			for _, m := range man.Members() {
+				expected[m] = true
+			}
+			continue
 		case man == nil:
 			return nil, nil, nil, fmt.Errorf("restore: %s: the manifest is not the first member", archive)
+		case e.Name == memberMAC && !authenticated:
+			mac, err := readBounded(r, 128)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			key, err := authKeyFor(man)
+			if err != nil {
+				return nil, nil, nil, err
+			}
+			ok := hmac.Equal(mac, []byte(manifestMAC(key, manJSON)))
+			clear(key)
+			if !ok {
+				return nil, nil, nil, fmt.Errorf("restore: %s: the manifest's MAC does not verify: not written by this appliance, or not for these shares", archive)
+			}
+			authenticated = true
+			continue
+		case !authenticated:
+			return nil, nil, nil, fmt.Errorf("restore: %s: the manifest is not authenticated before member %q", archive, e.Name)
+		case !expected[e.Name]:
+			return nil, nil, nil, fmt.Errorf("restore: %s: member %q is not in the manifest", archive, e.Name)
+		}
+		delete(expected, e.Name)
+		switch {
 		case e.Name == man.DatabaseMember:
 			if err := extract(r, filepath.Join(staging, memberDB), man.DatabaseSHA256); err != nil {
 				return nil, nil, nil, err
 			}
 		case e.Name == man.ConfigMember:
-			if cfgRaw, err = io.ReadAll(io.LimitReader(r, 16<<20)); err != nil {
+			if cfgRaw, err = readBounded(r, 16<<20); err != nil {
 				return nil, nil, nil, err
 			}
-		case strings.HasPrefix(e.Name, "keys/"):
-			b, err := io.ReadAll(io.LimitReader(r, 1<<20))
-			if err != nil {
+			if sum := sha256.Sum256(cfgRaw); hex.EncodeToString(sum[:]) != man.ConfigSHA256 {
+				return nil, nil, nil, fmt.Errorf("restore: %s: the configuration differs from the manifest's hash", archive)
+			}
+		default: // a wrapped key: the HSM authenticates it when unwrapping
+			if wrapped[e.Name], err = readBounded(r, 64<<10); err != nil {
 				return nil, nil, nil, err
 			}
-			wrapped[e.Name] = b
 		}
 	}
-	if man == nil || cfgRaw == nil {
+	if man == nil || !authenticated || len(expected) > 0 {
 		return nil, nil, nil, fmt.Errorf("restore: %s is incomplete", archive)
 	}
 	if _, err := os.Stat(filepath.Join(staging, memberDB)); err != nil {
@@ -231,6 +299,19 @@ func unpack(archive string, priv *backup.PrivateKey, staging string) (*backup.Ma
 		}
 	}
 	return man, wrapped, cfgRaw, nil
+}
+
+// readBounded reads a whole member, failing (rather than truncating) when
+// it is larger than limit.
+func readBounded(r io.Reader, limit int64) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("restore: a member is larger than %d bytes", limit)
+	}
+	return b, nil
 }
 
 func extract(r io.Reader, path, wantSHA string) error {

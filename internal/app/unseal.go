@@ -44,9 +44,15 @@ func (a *App) Unseal(ctx context.Context, pin []byte) (err error) {
 	if len(refused) > 0 && !a.cfg.Seal.AllowKeyMismatch {
 		return &seal.IntegrityError{Report: keyReport(refused)}
 	}
+	authKey, err := backupAuthKey(pin)
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
 	old := a.hsm
 	a.hsm, a.auditSigner = m, signer
+	clear(a.backupAuth)
+	a.backupAuth = authKey
 	a.mu.Unlock()
 	a.store.SetAuditKey(red)
 	if old != nil {
@@ -76,12 +82,24 @@ func (a *App) Seal() {
 	a.mu.Lock()
 	m := a.hsm
 	a.hsm, a.auditSigner = nil, nil
+	clear(a.backupAuth)
+	a.backupAuth = nil
 	a.mu.Unlock()
 	if m != nil {
 		if err := m.Close(); err != nil {
 			a.log.Warn("closing the HSM at seal", zap.Error(err))
 		}
 	}
+}
+
+// currentBackupAuth returns a copy of the manifest MAC key, nil while sealed.
+func (a *App) currentBackupAuth() []byte {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if a.backupAuth == nil {
+		return nil
+	}
+	return append([]byte(nil), a.backupAuth...)
 }
 
 func (a *App) currentModule() *hsm.Module {

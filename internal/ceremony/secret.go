@@ -137,6 +137,20 @@ func (s *Secret) BackupWrappingKey() []byte {
 	return v
 }
 
+// Rebind returns a copy of the secret bound to another ceremony id (the
+// HKDF salt of the PIN and the verifier): a restore checks shares of a
+// re-shared ceremony against a backup's older verifier this way. The
+// caller destroys both.
+func (s *Secret) Rebind(ceremonyID [8]byte) *Secret {
+	out := newSecret(ceremonyID)
+	ok := false
+	s.locked(func(st *secretState) { copy(out.st.buf, st.buf); ok = true })
+	if !ok {
+		out.Destroy()
+	}
+	return out
+}
+
 // locked runs fn with the live secret locked; it does nothing for a nil,
 // zero or destroyed Secret.
 func (s *Secret) locked(fn func(st *secretState)) {

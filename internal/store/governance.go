@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/custodysigner/appliance/internal/audit"
 	"time"
 )
 
@@ -46,6 +47,23 @@ func (s *Store) SaveCeremony(ctx context.Context, c Ceremony, officers []Officer
 		}
 		return AppendEvent(ctx, tx, "ceremony", "", fmt.Sprintf("threshold %d of %d officers", c.Threshold, c.Total))
 	})
+}
+
+// ReplaceCeremonyTx records a re-share inside tx: the ceremony row gets the
+// new id, threshold, total and verifier, audited with the old and new ids.
+func ReplaceCeremonyTx(ctx context.Context, tx *Tx, c Ceremony, why string) error {
+	var old []byte
+	if err := tx.QueryRowContext(ctx, `SELECT ceremony_id FROM ceremony WHERE id = 1`).Scan(&old); err != nil {
+		return fmt.Errorf("store: read ceremony: %w", err)
+	}
+	_, err := tx.ExecContext(ctx, `UPDATE ceremony SET ceremony_id = ?, threshold = ?, total = ?, verifier = ?, created_at = ? WHERE id = 1`,
+		c.ID, c.Threshold, c.Total, c.Verifier, time.Now().UTC().UnixNano())
+	if err != nil {
+		return fmt.Errorf("store: replace ceremony: %w", err)
+	}
+	return appendAudit(ctx, tx, audit.Record{Kind: "reshare", Detail: why,
+		Fields: map[string]string{"old_ceremony": fmt.Sprintf("%x", old), "new_ceremony": fmt.Sprintf("%x", c.ID),
+			"threshold": fmt.Sprint(c.Threshold), "total": fmt.Sprint(c.Total)}}, nil)
 }
 
 func insertOfficer(ctx context.Context, tx *Tx, o Officer, now int64) error {
