@@ -43,25 +43,30 @@ func backupCmd(args []string, out io.Writer) error {
 
 // restoreCmd rebuilds an appliance from an archive on a fresh token.
 func restoreCmd(args []string, out io.Writer) error {
-	var archive, soPINFile string
+	var archive, soPINFile, mode string
 	var shares repeated
 	cfg, log, err := loadConfig("restore", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&archive, "archive", "", "backup archive (.apbk)")
-		fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the new token's SO PIN")
+		fs.StringVar(&soPINFile, "so-pin-file", "", "file holding the new token's SO PIN (modes host and token)")
+		fs.StringVar(&mode, "mode", "host", "what was lost: host (token and database), database (token kept) or token (database kept)")
 		fs.Var(&shares, "share-file", "unseal share file of the backup's ceremony (repeat until the threshold)")
 	})
 	if err != nil {
 		return err
 	}
-	if archive == "" || soPINFile == "" || len(shares) == 0 {
-		return usageError{"restore --config FILE --archive FILE --so-pin-file FILE --share-file F [--share-file F ...]"}
+	if archive == "" || len(shares) == 0 || (soPINFile == "" && mode != string(app.RestoreDatabase)) {
+		return usageError{"restore --config FILE --archive FILE [--mode host|database|token] [--so-pin-file FILE] --share-file F [--share-file F ...]"}
 	}
-	soPIN, err := os.ReadFile(soPINFile)
-	if err != nil {
-		return err
+	var soPIN []byte
+	if soPINFile != "" {
+		raw, err := os.ReadFile(soPINFile)
+		if err != nil {
+			return err
+		}
+		soPIN = []byte(strings.TrimRight(string(raw), "\r\n"))
+		clear(raw)
+		defer clear(soPIN)
 	}
-	defer clear(soPIN)
-	soPIN = []byte(strings.TrimRight(string(soPIN), "\r\n"))
 	var texts []string
 	for _, f := range shares {
 		raw, err := os.ReadFile(f)
@@ -71,7 +76,7 @@ func restoreCmd(args []string, out io.Writer) error {
 		texts = append(texts, strings.TrimSpace(string(raw)))
 		clear(raw)
 	}
-	rep, err := app.Restore(context.Background(), cfg, log, archive, texts, soPIN)
+	rep, err := app.RestoreWith(context.Background(), cfg, log, app.RestoreMode(mode), archive, texts, soPIN)
 	if err != nil {
 		return err
 	}

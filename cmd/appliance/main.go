@@ -58,8 +58,8 @@ Usage:
   appliance audit pubkey (--db FILE | --config FILE)
   appliance backup       [connection flags]                 encrypted backup by the running appliance
   appliance backup inspect FILE
-  appliance restore      --config FILE --archive FILE --so-pin-file FILE --share-file F [...]
-                         onto a fresh token and an empty data directory, with the quorum
+  appliance restore      --config FILE --archive FILE [--mode host|database|token] [--so-pin-file FILE]
+                         --share-file F [...]      with the quorum; see docs/RECOVERY.md
   appliance reshare      --config FILE --share-file F [...] --threshold K --officers P1,P2,P3 --out DIR
                          appliance stopped: new shares, new PIN; the old shares stop working
   appliance config check FILE

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -26,32 +27,71 @@ import (
 
 // RestoreReport says what a restore brought back.
 type RestoreReport struct {
-	Archive       string   `json:"archive"`
-	BackupTakenAt string   `json:"backup_taken_at"`
-	AuditHeadSeq  int64    `json:"audit_head_seq"`
-	KeysRestored  []string `json:"keys_restored"`
+	Mode          RestoreMode `json:"mode"`
+	Archive       string      `json:"archive"`
+	BackupTakenAt string      `json:"backup_taken_at"`
+	AuditHeadSeq  int64       `json:"audit_head_seq"`
+	KeysRestored  []string    `json:"keys_restored"`
 	// KeysNotInBackup are keys created without the wrapped-backup
 	// attribute: they come back only through the HSM vendor's replication,
 	// and the appliance refuses to unseal until they are on the token
 	// (or seal.allow_key_mismatch is set).
 	KeysNotInBackup []string `json:"keys_not_in_backup"`
 	ConfigDiffers   bool     `json:"config_differs"`
+	// TokenHeadBefore (mode database): the token's audit head before the
+	// restore; entries after the archive's head up to it are lost, and the
+	// restore entry says so.
+	TokenHeadBefore int64 `json:"token_head_before,omitempty"`
 }
 
-// Restore rebuilds an appliance from an archive on a fresh token and an
-// empty data directory, with the officers' quorum: the shares derive the
-// backup key (to decrypt), the PIN (to initialise the token), and the
-// wrapping key (to unwrap the private keys inside the HSM). Keys come back
-// with the same CKA_IDs and public keys; the database — policies,
-// principals, pending requests, the audit chain — comes back as it was, and
-// the chain continues with a "restore" entry and a fresh checkpoint.
+// RestoreMode says what was lost.
+type RestoreMode string
+
+const (
+	// RestoreHostLost: a fresh token and an empty data directory; keys
+	// are unwrapped into the token, the database comes from the archive.
+	RestoreHostLost RestoreMode = "host"
+	// RestoreDatabase: the database was lost or corrupted, the token is
+	// intact. The archived database is put back; the keys are checked on
+	// the token, not unwrapped; the token's audit head is moved back to the
+	// archive's, and the entries lost between are named in the restore entry.
+	RestoreDatabase RestoreMode = "database"
+	// RestoreToken: the token was lost, the database is intact. The keys
+	// are unwrapped into a fresh token; the live database is kept and its
+	// chain continues without loss.
+	RestoreToken RestoreMode = "token"
+)
+
+// Restore rebuilds what was lost (see RestoreMode) from an archive, with the
+// officers' quorum: the shares derive the backup key (to decrypt), the
+// manifest MAC key (to authenticate), the PIN, and the wrapping key (to
+// unwrap the private keys inside the HSM). Keys come back with the same
+// CKA_IDs and public keys; the database — policies, principals, pending
+// requests, the audit chain — comes back as it was, and the chain continues
+// with a "restore" entry and a fresh checkpoint.
 //
 // The configuration in use is cfg (the new host's); the archived one is
 // written beside the database as appliance.yaml.from-backup for comparison.
 func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive string, shareTexts []string, soPIN []byte) (*RestoreReport, error) {
-	rep := &RestoreReport{Archive: archive}
-	if _, err := os.Stat(cfg.Store.Path); err == nil {
-		return nil, fmt.Errorf("restore: %s exists; restore only into an empty data directory", cfg.Store.Path)
+	return RestoreWith(ctx, cfg, log, RestoreHostLost, archive, shareTexts, soPIN)
+}
+
+// RestoreWith is Restore for a given mode. soPIN is needed to initialise a
+// fresh token (host and token modes).
+func RestoreWith(ctx context.Context, cfg *config.Config, log *zap.Logger, mode RestoreMode, archive string, shareTexts []string, soPIN []byte) (*RestoreReport, error) {
+	rep := &RestoreReport{Archive: archive, Mode: mode}
+	_, statErr := os.Stat(cfg.Store.Path)
+	switch mode {
+	case RestoreHostLost, RestoreDatabase:
+		if statErr == nil {
+			return nil, fmt.Errorf("restore: %s exists; move it aside first (this mode restores the database)", cfg.Store.Path)
+		}
+	case RestoreToken:
+		if statErr != nil {
+			return nil, fmt.Errorf("restore: mode token keeps the database, but %s: %w", cfg.Store.Path, statErr)
+		}
+	default:
+		return nil, fmt.Errorf("restore: unknown mode %q (host, database or token)", mode)
 	}
 	secret, ceremonyID, err := ceremony.Recover(shareTexts)
 	if err != nil {
@@ -73,16 +113,15 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 		return nil, err
 	}
 	defer os.RemoveAll(staging)
-	// The archive's secret: the same secret bound to the ceremony the
+	// The manifest MAC key: the same secret bound to the ceremony the
 	// backup was taken under (the officers may have re-shared since).
-	var archived *ceremony.Secret
-	defer func() { archived.Destroy() }()
 	authKeyFor := func(man *backup.Manifest) ([]byte, error) {
 		raw, err := hex.DecodeString(man.Ceremony.ID)
 		if err != nil || len(raw) != 8 {
 			return nil, fmt.Errorf("restore: manifest ceremony id %q", man.Ceremony.ID)
 		}
-		archived = secret.Rebind([8]byte(raw))
+		archived := secret.Rebind([8]byte(raw))
+		defer archived.Destroy()
 		pin := archived.DerivePIN()
 		defer clear(pin)
 		return backupAuthKey(pin)
@@ -94,11 +133,15 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 	rep.BackupTakenAt, rep.AuditHeadSeq = man.CreatedAt.Format(time.RFC3339), man.AuditHead.Seq
 	rep.ConfigDiffers = string(cfgRaw) != string(cfg.Raw())
 
-	// The database: checked against the shares before anything touches the token.
+	// The database to continue with, checked against the shares before
+	// anything touches the token.
 	dbPath := filepath.Join(staging, memberDB)
+	if mode == RestoreToken {
+		dbPath = cfg.Store.Path
+	}
 	st, err := store.Open(ctx, dbPath, log.Named("store"))
 	if err != nil {
-		return nil, fmt.Errorf("restore: open the archived database: %w", err)
+		return nil, fmt.Errorf("restore: open the database: %w", err)
 	}
 	closeStore := func() {
 		if st != nil {
@@ -110,31 +153,10 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 	if err := st.QuickCheck(ctx); err != nil {
 		return nil, err
 	}
-	cer, err := st.GetCeremony(ctx)
-	if err != nil {
+	if err := adoptShares(ctx, st, secret, ceremonyID, shareTexts[0]); err != nil {
 		return nil, err
 	}
-	if !archived.Verify(cer.Verifier) {
-		return nil, errors.New("restore: the shares do not match the archived ceremony's verifier")
-	}
-	if !bytes.Equal(cer.ID, ceremonyID[:]) {
-		// Shares of a later re-share: the restored appliance takes their
-		// ceremony, so the officers unseal it with the shares they hold.
-		sh, err := ceremony.ParseShare(shareTexts[0])
-		if err != nil {
-			return nil, err
-		}
-		clear(sh.Data)
-		next := store.Ceremony{ID: ceremonyID[:], Threshold: int(sh.Threshold), Total: int(sh.Total), Verifier: secret.Verifier()}
-		err = st.WriteTx(ctx, func(tx *store.Tx) error {
-			return store.ReplaceCeremonyTx(ctx, tx, next, "restore with the shares of a later re-share")
-		})
-		if err != nil {
-			return nil, err
-		}
-	}
 
-	// The token: initialise it with the derived PIN, provision the wrapping key, unwrap.
 	pin := secret.DerivePIN()
 	defer clear(pin)
 	uri, err := hsm.ParseURI(cfg.HSM.URI)
@@ -146,45 +168,41 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 			return nil, err
 		}
 	}
-	if err := hsm.InitToken(uri.ModulePath, uri.Token, soPIN, pin); err != nil {
-		return nil, fmt.Errorf("restore: initialise token %q (it must be fresh): %w", uri.Token, err)
-	}
-	wrapKey := secret.BackupWrappingKey()
-	err = hsm.ProvisionWrappingKey(uri.ModulePath, uri.Token, soPIN, pin, backupWrapLabel, wrapKey)
-	clear(wrapKey)
-	if err != nil {
-		return nil, fmt.Errorf("restore: provision the backup wrapping key: %w", err)
+	if mode != RestoreDatabase {
+		// A fresh token with the derived PIN and the wrapping key.
+		if err := hsm.InitToken(uri.ModulePath, uri.Token, soPIN, pin); err != nil {
+			return nil, fmt.Errorf("restore: initialise token %q (it must be fresh): %w", uri.Token, err)
+		}
+		wrapKey := secret.BackupWrappingKey()
+		err = hsm.ProvisionWrappingKey(uri.ModulePath, uri.Token, soPIN, pin, backupWrapLabel, wrapKey)
+		clear(wrapKey)
+		if err != nil {
+			return nil, fmt.Errorf("restore: provision the backup wrapping key: %w", err)
+		}
 	}
 	m, err := OpenHSM(ctx, cfg, log, pin)
 	if err != nil {
 		return nil, err
 	}
 	defer m.Close()
-	ckaIDs, err := restoredCKAIDs(ctx, st)
+	if mode == RestoreDatabase {
+		err = checkKeysOnToken(ctx, st, m, rep)
+	} else {
+		err = unwrapKeys(ctx, st, m, man, wrapped, rep)
+	}
 	if err != nil {
 		return nil, err
 	}
-	for _, k := range man.Keys {
-		if !k.Wrapped {
-			rep.KeysNotInBackup = append(rep.KeysNotInBackup, k.ID)
-			continue
+	if mode == RestoreDatabase {
+		if raw, err := m.ReadData(ctx, auditHeadLabel); err == nil {
+			if cp, err := decodeHead(raw); err == nil {
+				rep.TokenHeadBefore = cp.Seq
+			}
 		}
-		pub, err := hex.DecodeString(k.PublicKey)
-		if err != nil {
-			return nil, err
-		}
-		id, ok := ckaIDs[k.ID]
-		if !ok {
-			return nil, fmt.Errorf("restore: key %s is in the manifest but not in the archived registry", k.ID)
-		}
-		if err := m.UnwrapKey(ctx, wrapped[k.WrappedMember], backupWrapLabel, hsm.Algorithm(k.Algorithm), id, k.Label, pub); err != nil {
-			return nil, fmt.Errorf("restore: unwrap key %s: %w", k.ID, err)
-		}
-		rep.KeysRestored = append(rep.KeysRestored, k.ID)
 	}
 
-	// The audit chain continues: the token learns the archived head, a
-	// "restore" entry is appended, and a checkpoint signed over it.
+	// The audit chain continues: a "restore" entry, and a checkpoint over
+	// it that the token keeps as its head.
 	if err := continueChain(ctx, st, m, rep, man); err != nil {
 		return nil, err
 	}
@@ -192,14 +210,96 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 	if err := writeFile(filepath.Join(dir, "appliance.yaml.from-backup"), cfgRaw, 0o600); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, err
 	}
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if err := os.Rename(dbPath+suffix, cfg.Store.Path+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("restore: move the database into place: %w", err)
+	if mode != RestoreToken {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Rename(dbPath+suffix, cfg.Store.Path+suffix); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("restore: move the database into place: %w", err)
+			}
 		}
 	}
-	log.Info("restore complete", zap.String("archive", archive), zap.Strings("keys_restored", rep.KeysRestored),
-		zap.Strings("keys_not_in_backup", rep.KeysNotInBackup))
+	log.Info("restore complete", zap.String("mode", string(mode)), zap.String("archive", archive),
+		zap.Strings("keys_restored", rep.KeysRestored), zap.Strings("keys_not_in_backup", rep.KeysNotInBackup))
 	return rep, nil
+}
+
+// adoptShares checks the shares against the database's ceremony (bound to
+// its id: the shares may be of a later re-share) and, if they are of
+// another ceremony, makes theirs the database's.
+func adoptShares(ctx context.Context, st *store.Store, secret *ceremony.Secret, sharesID [8]byte, firstShare string) error {
+	cer, err := st.GetCeremony(ctx)
+	if err != nil {
+		return err
+	}
+	bound := secret.Rebind([8]byte(cer.ID))
+	ok := bound.Verify(cer.Verifier)
+	bound.Destroy()
+	if !ok {
+		return errors.New("restore: the shares do not match the database's ceremony")
+	}
+	if bytes.Equal(cer.ID, sharesID[:]) {
+		return nil
+	}
+	sh, err := ceremony.ParseShare(firstShare)
+	if err != nil {
+		return err
+	}
+	clear(sh.Data)
+	next := store.Ceremony{ID: sharesID[:], Threshold: int(sh.Threshold), Total: int(sh.Total), Verifier: secret.Verifier()}
+	return st.WriteTx(ctx, func(tx *store.Tx) error {
+		return store.ReplaceCeremonyTx(ctx, tx, next, "restore with the shares of a later re-share")
+	})
+}
+
+// unwrapKeys unwraps every wrapped key of the manifest into the token under
+// the CKA_ID the database registers for it.
+func unwrapKeys(ctx context.Context, st *store.Store, m *hsm.Module, man *backup.Manifest, wrapped map[string][]byte, rep *RestoreReport) error {
+	ckaIDs, err := restoredCKAIDs(ctx, st)
+	if err != nil {
+		return err
+	}
+	inArchive := map[string]bool{}
+	for _, k := range man.Keys {
+		inArchive[k.ID] = k.Wrapped
+		if !k.Wrapped {
+			continue
+		}
+		pub, err := hex.DecodeString(k.PublicKey)
+		if err != nil {
+			return err
+		}
+		id, ok := ckaIDs[k.ID]
+		if !ok {
+			return fmt.Errorf("restore: key %s is in the manifest but not in the registry", k.ID)
+		}
+		if err := m.UnwrapKey(ctx, wrapped[k.WrappedMember], backupWrapLabel, hsm.Algorithm(k.Algorithm), id, k.Label, pub); err != nil {
+			return fmt.Errorf("restore: unwrap key %s: %w", k.ID, err)
+		}
+		rep.KeysRestored = append(rep.KeysRestored, k.ID)
+	}
+	for id := range ckaIDs {
+		if !inArchive[id] {
+			rep.KeysNotInBackup = append(rep.KeysNotInBackup, id)
+		}
+	}
+	sort.Strings(rep.KeysNotInBackup)
+	return nil
+}
+
+// checkKeysOnToken checks every registered key against the (kept) token.
+func checkKeysOnToken(ctx context.Context, st *store.Store, m *hsm.Module, rep *RestoreReport) error {
+	keys, err := st.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		ref := hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm), WrappedBackup: k.WrappedBackup}
+		if err := m.CheckKey(ctx, ref, k.PublicKey); err != nil {
+			rep.KeysNotInBackup = append(rep.KeysNotInBackup, k.ID)
+			continue
+		}
+		rep.KeysRestored = append(rep.KeysRestored, k.ID)
+	}
+	return nil
 }
 
 // unpack decrypts the archive into staging and returns its manifest, the
@@ -371,6 +471,7 @@ func continueChain(ctx context.Context, st *store.Store, m *hsm.Module, rep *Res
 	err = st.RecordAudit(ctx, audit.Record{Kind: "restore", Detail: "restored from an encrypted backup onto a fresh token",
 		Fields: map[string]string{"archive": filepath.Base(rep.Archive), "backup_taken_at": rep.BackupTakenAt,
 			"archived_head_seq": fmt.Sprint(man.AuditHead.Seq), "archived_head_hash": man.AuditHead.Hash,
+			"mode": string(rep.Mode), "token_head_before": fmt.Sprint(rep.TokenHeadBefore),
 			"keys_restored": strings.Join(rep.KeysRestored, ","), "keys_not_in_backup": strings.Join(rep.KeysNotInBackup, ",")}})
 	if err != nil {
 		return err
