@@ -45,7 +45,9 @@ const (
 // backupAuthInfo labels the HKDF deriving the manifest MAC key from the PIN.
 const backupAuthInfo = "custodysigner/appliance/v1/backup-manifest-mac"
 
-func backupAuthKey(pin []byte) ([]byte, error) { return hkdf.Key(sha256.New, pin, nil, backupAuthInfo, 32) }
+func backupAuthKey(pin []byte) ([]byte, error) {
+	return hkdf.Key(sha256.New, pin, nil, backupAuthInfo, 32)
+}
 
 func manifestMAC(key, manifest []byte) string {
 	m := hmac.New(sha256.New, key)
