@@ -41,7 +41,7 @@ provision() {
   "$bin" init --config "$dev/appliance.yaml" --so-pin-file "$dev/hsm/so.pin" --threshold 2 \
     --officers spiffe://appliance.dev/officer1,spiffe://appliance.dev/officer2,spiffe://appliance.dev/officer3 \
     --out "$dev" --generate-approval-keys
-  "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing \
+  "$bin" keys create --config "$dev/appliance.yaml" --id eth-dev --chain ethereum --network 1337 --if-missing --wrapped-backup \
     --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
   # Dev policy: transfers above 10 ETH need 2 of the 3 officers' approvals.
   if [[ ! -f $dev/.policy-set ]]; then
@@ -50,7 +50,7 @@ provision() {
       --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
     touch "$dev/.policy-set"
   fi
-  "$bin" keys create --config "$dev/appliance.yaml" --id btc-dev --chain bitcoin --network regtest --if-missing \
+  "$bin" keys create --config "$dev/appliance.yaml" --id btc-dev --chain bitcoin --network regtest --if-missing --wrapped-backup \
     --share-file "$dev/shares/officer1.share" --share-file "$dev/shares/officer2.share" >/dev/null
 }
 

@@ -32,8 +32,23 @@ out2=$(bash -c "$cmd")
 echo "$out1" | grep -q '"state":"signed"' || { echo "$out1"; cat run.log; echo "smoke: not signed"; exit 1; }
 echo "$out1" | grep -q '"signed_tx":"0x02' || { echo "$out1"; echo "smoke: no signed tx"; exit 1; }
 [[ $out1 == "$out2" ]] || { echo "$out1"; echo "$out2"; echo "smoke: replay differs"; exit 1; }
+# The operator's backup through the CLI, while it runs.
+dev=$work/var/dev
+bin=$work/bin/appliance
+backup=$(APPLIANCE_URL=https://127.0.0.1:$port APPLIANCE_CA=$dev/pki/ca.crt APPLIANCE_CERT=$dev/pki/operator.crt \
+  APPLIANCE_KEY=$dev/pki/operator.key "$bin" backup) || { echo "$backup"; cat run.log; echo "smoke: backup failed"; exit 1; }
+archive=$(echo "$backup" | sed -n 's/.*"path": *"\([^"]*\)".*/\1/p')
+[[ -s $archive ]] || { echo "$backup"; echo "smoke: no archive"; exit 1; }
+"$bin" backup inspect "$archive" | grep -q recipient_fingerprint || { echo "smoke: backup inspect"; exit 1; }
 kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid
 wait $pid 2>/dev/null || true
 pid=""
 grep -q 'shutting down' run.log || { cat run.log; echo "smoke: no graceful shutdown"; exit 1; }
-echo "smoke: make run + printed curl → signed EIP-1559 transaction; replay identical; clean shutdown"
+# The auditor's offline verification, from the database file and the audit public key alone.
+"$bin" audit pubkey --config "$dev/appliance.yaml" > "$work/audit.pub"
+"$bin" audit verify --config "$dev/appliance.yaml" --pubkey "$work/audit.pub" | grep -q 'audit chain OK' \
+  || { "$bin" audit verify --config "$dev/appliance.yaml" --pubkey "$work/audit.pub"; echo "smoke: audit verify"; exit 1; }
+"$bin" audit export --config "$dev/appliance.yaml" --out "$work/audit.jsonl" 2>/dev/null
+"$bin" audit verify --export "$work/audit.jsonl" --pubkey "$work/audit.pub" | grep -q 'audit chain OK' || { echo "smoke: export verify"; exit 1; }
+"$bin" check --config "$dev/appliance.yaml" --full | grep -q 'integrity_check ok' || { echo "smoke: check --full"; exit 1; }
+echo "smoke: make run + printed curl → signed EIP-1559 transaction; replay identical; backup; clean shutdown; audit verified offline"

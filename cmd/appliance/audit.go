@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/custodysigner/appliance/internal/app"
 	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/store"
@@ -188,4 +189,22 @@ func parseAnchors(list []string) (map[int64][]byte, error) {
 		out[seq] = hash
 	}
 	return out, nil
+}
+
+// checkCmd checks the database and the audit chain on demand.
+func checkCmd(args []string, out io.Writer) error {
+	var full bool
+	cfg, _, err := loadConfig("check", args, func(fs *flag.FlagSet) {
+		fs.BoolVar(&full, "full", false, "run the full integrity_check instead of quick_check")
+	})
+	if err != nil {
+		return err
+	}
+	rep, err := app.CheckIntegrity(context.Background(), cfg.Store.Path, full)
+	if err != nil {
+		return verifyFailure(err)
+	}
+	fmt.Fprintf(out, "database %s: %s ok; audit chain consistent (%d entries, last checkpoint at %d)\n",
+		rep.Database, rep.Check, rep.Audit.Entries, rep.Audit.LastCheckpointSeq)
+	return printJSON(out, rep)
 }

@@ -63,6 +63,7 @@ Usage:
   appliance reshare      --config FILE --share-file F [...] --threshold K --officers P1,P2,P3 --out DIR
                          appliance stopped: new shares, new PIN; the old shares stop working
   appliance config check FILE
+  appliance check        --config FILE [--full]     database integrity and audit chain consistency, on demand
   appliance dev pki      --dir DIR
   appliance version
 `
@@ -140,6 +141,8 @@ func run(args []string, out io.Writer) error {
 		return restoreCmd(rest, out)
 	case "reshare":
 		return reshareCmd(rest, out)
+	case "check":
+		return checkCmd(rest, out)
 	case "unseal":
 		return unsealCmd(rest, out)
 	case "freeze":

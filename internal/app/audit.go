@@ -288,3 +288,46 @@ func shortErr(err error) string {
 	}
 	return err.Error()
 }
+
+// IntegrityReport is the answer of `appliance check`.
+type IntegrityReport struct {
+	Database string       `json:"database"`
+	Check    string       `json:"check"` // quick_check or integrity_check
+	Audit    audit.Report `json:"audit"`
+	// AuditKeysFrom says where the audit keys came from: the database
+	// itself, so this proves consistency, not authenticity. An auditor
+	// verifies with their own copy: appliance audit verify --pubkey.
+	AuditKeysFrom string `json:"audit_keys_from"`
+}
+
+// CheckIntegrity checks the database on demand (the full integrity_check
+// when full) and the audit chain against the audit keys it registers. It
+// only reads, and can run beside the appliance.
+func CheckIntegrity(ctx context.Context, path string, full bool) (*IntegrityReport, error) {
+	f, err := store.OpenAuditFile(ctx, path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rep := &IntegrityReport{Database: path, Check: "quick_check", AuditKeysFrom: "the database (consistency only)"}
+	if full {
+		rep.Check = "integrity_check"
+	}
+	if err := f.Pragma(ctx, rep.Check); err != nil {
+		return rep, err
+	}
+	aks, err := f.AuditKeys(ctx)
+	if err != nil {
+		return rep, err
+	}
+	var keys []*ecdsa.PublicKey
+	for _, k := range aks {
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), k.PublicKey)
+		if err != nil {
+			return rep, fmt.Errorf("audit key %s: %w", k.KeyID, err)
+		}
+		keys = append(keys, pub)
+	}
+	rep.Audit, err = f.Verify(ctx, keys, nil)
+	return rep, err
+}

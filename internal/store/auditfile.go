@@ -113,3 +113,11 @@ func (f *AuditFile) Export(ctx context.Context, w io.Writer, after int64) (int64
 func (f *AuditFile) AuditKeys(ctx context.Context) ([]AuditKey, error) {
 	return readAuditKeys(ctx, f.db)
 }
+
+// Pragma runs quick_check or integrity_check on the file.
+func (f *AuditFile) Pragma(ctx context.Context, which string) error {
+	if which != "quick_check" && which != "integrity_check" {
+		return fmt.Errorf("store: unknown check %q", which)
+	}
+	return pragmaCheck(ctx, f.db, which)
+}
