@@ -130,6 +130,14 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 			return nil, fmt.Errorf("known-risk lists: %w", err)
 		}
 		svc.ScreenWith(a.screener)
+		a.screener.OnChange(func(v screening.Version) {
+			rec := audit.Record{Kind: "config_reload", Detail: "known-risk list " + v.Name + " reloaded",
+				Fields: map[string]string{"list": v.Name, "chain": string(v.Chain), "path": v.Path, "sha256": v.SHA256,
+					"count": fmt.Sprint(v.Count), "rejected": fmt.Sprint(v.Rejected), "error": v.Error}}
+			if err := a.store.RecordAudit(context.Background(), rec); err != nil {
+				a.log.Error("recording a list reload", zap.Error(err))
+			}
+		})
 	}
 	a.checker = health.NewChecker(2*time.Second, time.Second,
 		health.Check{Name: "hsm", Critical: true, Probe: a.probeHSM},

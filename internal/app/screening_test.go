@@ -6,10 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"github.com/custodysigner/appliance/internal/audit"
 	"math/big"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -241,5 +243,20 @@ func TestKnownRiskListReloadsOnChange(t *testing.T) {
 	after := e.must(e.client("operator"), "GET", "/v1/status", nil).json(t)["lists"].(map[string]any)["ofac-eth"].(map[string]any)["sha256"]
 	if before == after {
 		t.Fatal("list version unchanged after reload")
+	}
+	// The reload is in the audit chain with the new version.
+	e.stop()
+	found := false
+	f2, err := store.OpenAuditFile(context.Background(), e.cfg.Store.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f2.Close()
+	_ = f2.Entries(context.Background(), 0, func(en *audit.Entry) error {
+		found = found || (en.Kind == "config_reload" && strings.Contains(en.Fields, fmt.Sprint(after)))
+		return nil
+	})
+	if !found {
+		t.Fatal("no config_reload audit entry for the new list version")
 	}
 }

@@ -65,6 +65,13 @@ func (s *Screener) Reload() error {
 		lists[i] = l
 	}
 	s.snap.Store(newSnapshot(lists))
+	if s.onChange != nil {
+		for i, l := range lists {
+			if old.lists[i] == nil || l.version.SHA256 != old.lists[i].version.SHA256 || l.version.Error != "" {
+				s.onChange(l.version)
+			}
+		}
+	}
 	return errors.Join(errs...)
 }
 

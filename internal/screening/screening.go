@@ -83,6 +83,15 @@ type Screener struct {
 
 	reloadMu sync.Mutex // serialises reloads; Check never takes it
 	snap     atomic.Pointer[snapshot]
+	onChange func(v Version) // hears every reload that changed a list or failed; under reloadMu
+}
+
+// OnChange registers fn to hear, after each reload, every list whose
+// contents changed or whose reload failed (the audit records them).
+func (s *Screener) OnChange(fn func(v Version)) {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	s.onChange = fn
 }
 
 // snapshot is immutable once published.
