@@ -18,6 +18,7 @@ import (
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/backup"
+	"github.com/custodysigner/appliance/internal/store"
 )
 
 // signedSender signs payload over the API and returns the sender go-ethereum
@@ -79,6 +80,12 @@ func TestBackupWipeRestoreSign(t *testing.T) {
 		t.Fatalf("20 ETH: %d %s", p.status, p.body)
 	}
 	pending := p.json(t)["request_id"].(string)
+	// A principal added by the quorum lives in the database, not the configuration.
+	pp := q.propose(1, "add_principal", `{"name":"spiffe://appliance.dev/treasury","roles":["client"],"keys":["eth-other"]}`)
+	q.approve(1, pp["proposal_id"].(string), q.approval[0], pp["digest"].(string))
+	if a := q.approve(2, pp["proposal_id"].(string), q.approval[1], pp["digest"].(string)); a.json(t)["state"] != "executed" {
+		t.Fatalf("add_principal: %s", a.body)
+	}
 	auditKeys := q.auditKeys(t)
 
 	// Clients cannot take backups; operators can.
@@ -150,6 +157,15 @@ func TestBackupWipeRestoreSign(t *testing.T) {
 		t.Fatalf("policy after restore: %d %s", r.status, r.body)
 	}
 	q2.stop()
+	st2, err := store.Open(ctx, cfg2.Store.Path, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := st2.ListPrincipals(ctx)
+	st2.Close()
+	if err != nil || len(ps) != 1 || ps[0].Name != "spiffe://appliance.dev/treasury" || ps[0].Removed {
+		t.Fatalf("principals after restore: %+v %v", ps, err)
+	}
 
 	r, err := verifyDB(t, cfg2.Store.Path, auditKeys)
 	if err != nil {
