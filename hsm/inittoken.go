@@ -22,18 +22,11 @@ func InitToken(modulePath, label string, soPIN, userPIN []byte) error {
 	if len(soPIN) == 0 || len(userPIN) == 0 {
 		return fmt.Errorf("hsm: init token: %w", ErrNoPIN)
 	}
-	p := pkcs11.New(modulePath)
-	if p == nil {
-		return fmt.Errorf("hsm: cannot load PKCS#11 module %s", modulePath)
+	p, done, err := standalone(modulePath)
+	if err != nil {
+		return err
 	}
-	defer p.Destroy()
-	if err := p.Initialize(); err != nil {
-		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-			return fmt.Errorf("hsm: C_Initialize: %w", err)
-		}
-	} else {
-		defer p.Finalize() //nolint:errcheck // nothing useful to do if finalising fails
-	}
+	defer done()
 
 	slots, err := p.GetSlotList(false)
 	if err != nil {
@@ -74,4 +67,26 @@ func InitToken(modulePath, label string, soPIN, userPIN []byte) error {
 		return fmt.Errorf("hsm: C_InitPIN: %w", err)
 	}
 	return nil
+}
+
+// standalone loads and initialises the module for a one-off operation
+// (token initialisation, provisioning) outside any Module. done finalises
+// it, unless the library was already initialised in this process, in which
+// case that initialisation is left alone.
+func standalone(modulePath string) (*pkcs11.Ctx, func(), error) {
+	p := pkcs11.New(modulePath)
+	if p == nil {
+		return nil, nil, fmt.Errorf("hsm: cannot load PKCS#11 module %s", modulePath)
+	}
+	if err := p.Initialize(); err != nil {
+		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			p.Destroy()
+			return nil, nil, fmt.Errorf("hsm: C_Initialize: %w", err)
+		}
+		return p, p.Destroy, nil
+	}
+	return p, func() {
+		_ = p.Finalize() // nothing useful to do if finalising fails
+		p.Destroy()
+	}, nil
 }

@@ -86,18 +86,11 @@ func ProvisionWrappingKey(modulePath, tokenLabel string, soPIN, userPIN []byte, 
 	if len(soPIN) == 0 || len(userPIN) == 0 {
 		return fmt.Errorf("hsm: provision wrapping key: %w", ErrNoPIN)
 	}
-	p := pkcs11.New(modulePath)
-	if p == nil {
-		return fmt.Errorf("hsm: cannot load PKCS#11 module %s", modulePath)
+	p, done, err := standalone(modulePath)
+	if err != nil {
+		return err
 	}
-	defer p.Destroy()
-	if err := p.Initialize(); err != nil {
-		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-			return fmt.Errorf("hsm: C_Initialize: %w", err)
-		}
-	} else {
-		defer p.Finalize() //nolint:errcheck // nothing useful to do if finalising fails
-	}
+	defer done()
 	slot, err := findSlot(p, tokenLabel)
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/seal"
+	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -107,7 +108,7 @@ func (a *App) auditKey(ctx context.Context, m *hsm.Module) (*auditSigner, error)
 		return nil, fmt.Errorf("audit key %s in the database: %w", k.KeyID, err)
 	}
 	if err := m.CheckKey(ctx, auditRef(k), k.PublicKey); err != nil {
-		return nil, &seal.IntegrityError{Report: fmt.Sprintf("the audit key %s does not reconcile with the token: %s", k.KeyID, shortErr(err))}
+		return nil, &seal.IntegrityError{Report: fmt.Sprintf("the audit key %s does not reconcile with the token: %s", k.KeyID, signing.RefusalText(err))}
 	}
 	return &auditSigner{ref: auditRef(k), pub: pub, pubRaw: k.PublicKey, id: k.KeyID}, nil
 }
@@ -274,19 +275,6 @@ func (a *App) currentAudit() (*hsm.Module, *auditSigner) {
 	a.mu.RLock()
 	defer a.mu.RUnlock()
 	return a.hsm, a.auditSigner
-}
-
-// shortErr renders an error for an officer's report.
-func shortErr(err error) string {
-	switch {
-	case errors.Is(err, hsm.ErrKeyNotFound):
-		return "missing from the HSM token"
-	case errors.Is(err, hsm.ErrKeyMismatch):
-		return "its public key on the token differs from the pinned one"
-	case errors.Is(err, hsm.ErrKeyUnsafe):
-		return "its attributes on the token are unsafe"
-	}
-	return err.Error()
 }
 
 // IntegrityReport is the answer of `appliance check`.

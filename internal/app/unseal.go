@@ -70,7 +70,7 @@ func keyReport(refused map[string]error) string {
 	sort.Strings(ids)
 	parts := make([]string, len(ids))
 	for i, id := range ids {
-		parts[i] = fmt.Sprintf("key %q: %s", id, shortErr(refused[id]))
+		parts[i] = fmt.Sprintf("key %q: %s", id, signing.RefusalText(refused[id]))
 	}
 	return fmt.Sprintf("%d registered key(s) do not reconcile with the token (%s); another token, or a tampered registry. "+
 		"Set seal.allow_key_mismatch to serve without them", len(ids), strings.Join(parts, "; "))
