@@ -3,8 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
-	"github.com/custodysigner/appliance/internal/audit"
 	"time"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 // States of a request sent to officers' approval.
