@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"github.com/custodysigner/appliance/internal/audit"
 	"math/big"
 	"net/http"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"github.com/btcsuite/btcd/wire"
 	"github.com/ethereum/go-ethereum/common"
 
+	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/bitcoin"
 	"github.com/custodysigner/appliance/internal/store"
 )

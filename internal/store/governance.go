@@ -7,8 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/custodysigner/appliance/internal/audit"
 	"time"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 // Ceremony is the stored part of an unseal ceremony.
