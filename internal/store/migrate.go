@@ -68,12 +68,19 @@ func loadMigrations() ([]migration, error) {
 // each transaction: another process may have migrated in the meantime. The
 // first iteration always runs, so a newer database is refused even when
 // there is nothing to apply.
-func (s *Store) migrate(ctx context.Context) error {
+//
+// Before upgrading a database that already has a schema, it writes a
+// consistent copy beside it (<path>.pre-v<N>-<time>.db): migrations are
+// forward-only, so that copy is the way back.
+func (s *Store) migrate(ctx context.Context, path string) error {
 	ms, err := loadMigrations()
 	if err != nil {
 		return err
 	}
 	known := len(ms)
+	if err := s.backupBeforeUpgrade(ctx, path, known); err != nil {
+		return err
+	}
 	err = s.WriteTx(ctx, func(tx *Tx) error {
 		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 			version    INTEGER PRIMARY KEY,
@@ -120,6 +127,28 @@ func (s *Store) migrate(ctx context.Context) error {
 			s.log.Info("applied database migration", zap.Int("version", m.version), zap.String("name", m.name))
 		}
 	}
+	return nil
+}
+
+// backupBeforeUpgrade snapshots a database whose schema is older than known
+// (and not new): the copy a failed or regretted upgrade goes back to.
+func (s *Store) backupBeforeUpgrade(ctx context.Context, path string, known int) error {
+	var exists int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE name = 'schema_migrations'`).Scan(&exists); err != nil {
+		return fmt.Errorf("store: read schema: %w", err)
+	}
+	if exists == 0 {
+		return nil
+	}
+	cur, err := schemaVersion(ctx, s.r)
+	if err != nil || cur == 0 || cur >= known {
+		return err
+	}
+	dest := fmt.Sprintf("%s.pre-v%d-%s.db", path, known, s.now().UTC().Format("20060102T150405Z"))
+	if err := s.Snapshot(ctx, dest); err != nil {
+		return fmt.Errorf("store: back up before upgrading from schema %d: %w", cur, err)
+	}
+	s.log.Info("database backed up before upgrading its schema", zap.Int("from", cur), zap.Int("to", known), zap.String("backup", dest))
 	return nil
 }
 

@@ -98,10 +98,9 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	if err := s.checkPragmas(ctx); err != nil {
 		return nil, errors.Join(err, s.w.Close())
 	}
-	if err := s.migrate(ctx); err != nil {
-		return nil, errors.Join(err, s.w.Close())
-	}
 
+	// The read pool opens before migrating: an upgrade snapshots the
+	// database through it first.
 	s.r, err = openDB(abs, url.Values{
 		"_query_only":   {"1"},
 		"_foreign_keys": {"on"},
@@ -114,6 +113,9 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	s.r.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
 	if err := s.r.PingContext(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open read pool: %w", err), s.Close())
+	}
+	if err := s.migrate(ctx, abs); err != nil {
+		return nil, errors.Join(err, s.Close())
 	}
 	return s, nil
 }
