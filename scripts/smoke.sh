@@ -29,8 +29,8 @@ cmd=$(awk '/^curl /{p=1} p{print} p && !/\\$/{exit}' run.log)
 [[ -n $cmd ]] || { cat run.log; echo "smoke: no curl command printed"; exit 1; }
 out1=$(bash -c "$cmd")
 out2=$(bash -c "$cmd")
-echo "$out1" | grep -q '"state":"signed"' || { echo "$out1"; cat run.log; echo "smoke: not signed"; exit 1; }
-echo "$out1" | grep -q '"signed_tx":"0x02' || { echo "$out1"; echo "smoke: no signed tx"; exit 1; }
+grep -q '"state":"signed"' <<<"$out1" || { echo "$out1"; cat run.log; echo "smoke: not signed"; exit 1; }
+grep -q '"signed_tx":"0x02' <<<"$out1" || { echo "$out1"; echo "smoke: no signed tx"; exit 1; }
 [[ $out1 == "$out2" ]] || { echo "$out1"; echo "$out2"; echo "smoke: replay differs"; exit 1; }
 # The operator's backup through the CLI, while it runs.
 dev=$work/var/dev
@@ -39,16 +39,21 @@ backup=$(APPLIANCE_URL=https://127.0.0.1:$port APPLIANCE_CA=$dev/pki/ca.crt APPL
   APPLIANCE_KEY=$dev/pki/operator.key "$bin" backup) || { echo "$backup"; cat run.log; echo "smoke: backup failed"; exit 1; }
 archive=$(echo "$backup" | sed -n 's/.*"path": *"\([^"]*\)".*/\1/p')
 [[ -s $archive ]] || { echo "$backup"; echo "smoke: no archive"; exit 1; }
-"$bin" backup inspect "$archive" | grep -q recipient_fingerprint || { echo "smoke: backup inspect"; exit 1; }
+# Capture, then grep: `cmd | grep -q` under pipefail fails when grep exits
+# early and the command gets SIGPIPE.
+expect() { # expect WHAT PATTERN CMD...: run CMD, require PATTERN in its output
+  local what=$1 pattern=$2 out; shift 2
+  out=$("$@" 2>&1) && grep -q "$pattern" <<<"$out" || { echo "$out"; echo "smoke: $what"; exit 1; }
+}
+expect "backup inspect" recipient_fingerprint "$bin" backup inspect "$archive"
 kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid
 wait $pid 2>/dev/null || true
 pid=""
 grep -q 'shutting down' run.log || { cat run.log; echo "smoke: no graceful shutdown"; exit 1; }
 # The auditor's offline verification, from the database file and the audit public key alone.
 "$bin" audit pubkey --config "$dev/appliance.yaml" > "$work/audit.pub"
-"$bin" audit verify --config "$dev/appliance.yaml" --pubkey "$work/audit.pub" | grep -q 'audit chain OK' \
-  || { "$bin" audit verify --config "$dev/appliance.yaml" --pubkey "$work/audit.pub"; echo "smoke: audit verify"; exit 1; }
+expect "audit verify" 'audit chain OK' "$bin" audit verify --config "$dev/appliance.yaml" --pubkey "$work/audit.pub"
 "$bin" audit export --config "$dev/appliance.yaml" --out "$work/audit.jsonl" 2>/dev/null
-"$bin" audit verify --export "$work/audit.jsonl" --pubkey "$work/audit.pub" | grep -q 'audit chain OK' || { echo "smoke: export verify"; exit 1; }
-"$bin" check --config "$dev/appliance.yaml" --full | grep -q 'integrity_check ok' || { echo "smoke: check --full"; exit 1; }
+expect "export verify" 'audit chain OK' "$bin" audit verify --export "$work/audit.jsonl" --pubkey "$work/audit.pub"
+expect "check --full" 'integrity_check ok' "$bin" check --config "$dev/appliance.yaml" --full
 echo "smoke: make run + printed curl → signed EIP-1559 transaction; replay identical; backup; clean shutdown; audit verified offline"
