@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GOTEST  := go test -race -count=1 -timeout 14m
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean
+.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean deb deb-test systemd-check
 
 all: build
 
@@ -26,8 +26,9 @@ run: build
 	@scripts/dev.sh provision
 	@scripts/dev.sh serve
 
-## test: the whole suite with -race against real SoftHSM, then the new-user smoke test
-test: deps vet unit fuzz-short smoke
+## test: the whole suite with -race against real SoftHSM, then the new-user smoke test;
+## the package and unit checks first (they take seconds)
+test: deps vet deb-test systemd-check unit fuzz-short smoke
 
 unit:
 	$(GOTEST) ./...
@@ -52,8 +53,20 @@ bench: deps
 	@mkdir -p var
 	go test -run '^$$' -bench . -benchmem -count 5 ./... | tee var/bench.txt
 
+## deb: dist/appliance_<version>_<arch>.deb, built with nfpm from packaging/ (packaging/README.md)
+deb: deps
+	@VERSION="$(VERSION)" LDFLAGS="$(LDFLAGS)" scripts/deb.sh
+
+## deb-test: install the .deb into an empty root with dpkg --root; files, owners, modes, conffiles, version, upgrade, purge
+deb-test: deb
+	@VERSION="$(VERSION)" scripts/deb-test.sh
+
+## systemd-check: the unit's `systemd-analyze security` exposure (at most 1.5) and `systemd-analyze verify`
+systemd-check: deb
+	@scripts/systemd-check.sh
+
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 clean:
-	rm -rf bin var/dev
+	rm -rf bin var/dev dist

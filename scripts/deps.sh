@@ -10,6 +10,14 @@ done
 command -v curl >/dev/null || need+=(curl)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v git >/dev/null || need+=(git)
+command -v openssl >/dev/null || need+=(openssl)
+# The dashboard test drives Debian's chromium and makes its NSS database
+# (certutil, pk12util); the packaging checks need systemd-analyze and
+# systemd-sysusers/-tmpfiles (all from the systemd package on bookworm).
+command -v chromium >/dev/null || need+=(chromium)
+command -v certutil >/dev/null && command -v pk12util >/dev/null || need+=(libnss3-tools)
+command -v systemd-analyze >/dev/null && command -v systemd-sysusers >/dev/null \
+  && command -v systemd-tmpfiles >/dev/null || need+=(systemd)
 if ((${#need[@]})); then
   echo "installing: ${need[*]}"
   sudo=""; [[ $(id -u) -eq 0 ]] || sudo=sudo

@@ -46,6 +46,8 @@ expect() { # expect WHAT PATTERN CMD...: run CMD, require PATTERN in its output
   out=$("$@" 2>&1) && grep -q "$pattern" <<<"$out" || { echo "$out"; echo "smoke: $what"; exit 1; }
 }
 expect "backup inspect" recipient_fingerprint "$bin" backup inspect "$archive"
+expect "metrics" 'appliance_sign_duration_seconds_count{chain="ethereum"} 2' \
+  curl -sS --unix-socket "$dev/metrics.sock" http://appliance/metrics
 kill -TERM -- -$pid 2>/dev/null || kill -TERM $pid
 wait $pid 2>/dev/null || true
 pid=""

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -91,8 +92,13 @@ type Deps struct {
 	// OnAuthFailure, when set, hears every authentication or authorisation
 	// failure: 403 forbidden answers and failed TLS handshakes.
 	OnAuthFailure func(ctx context.Context, f AuthFailure)
-	HTTP          config.HTTP
-	TLS           *tls.Config
+	// Observe, when set, hears every answered request (metrics, health).
+	Observe func(Outcome)
+	// Dashboard serves the read-only HTML page GET /dashboard to operators,
+	// officers and auditors; nil disables it.
+	Dashboard DashboardFunc
+	HTTP      config.HTTP
+	TLS       *tls.Config
 }
 
 // Server is the HTTPS API.
@@ -100,6 +106,9 @@ type Server struct {
 	deps Deps
 	e    *echo.Echo
 	http *http.Server
+
+	routesOnce sync.Once
+	routes     map[string]bool // "METHOD /path" of every registered route
 }
 
 // New builds the server and its routes.
@@ -143,6 +152,9 @@ func New(d Deps) (*Server, error) {
 		auditor := s.requireAny(access.RoleAuditor)
 		v1.GET("/audit", s.auditPage, auditor)
 		v1.GET("/audit/keys", s.auditKeys, s.requireAny(access.RoleAuditor, access.RoleOfficer))
+	}
+	if d.Dashboard != nil {
+		e.GET(DashboardPath, s.dashboard, s.requireAny(DashboardRoles...))
 	}
 
 	s.http = &http.Server{
@@ -215,6 +227,9 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 				lf = append(lf, zap.NamedError("cause", ae.Cause))
 			}
 		}
+		if s.deps.Observe != nil {
+			s.deps.Observe(s.outcome(c, status, time.Since(start)))
+		}
 		switch {
 		case status >= 500:
 			log.Error("request", lf...)
@@ -225,6 +240,39 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 		}
 		return nil
 	}
+}
+
+// Outcome is one answered request, as Deps.Observe hears it.
+type Outcome struct {
+	Route  string // "POST /v1/sign": a registered route, or "other"
+	Code   string // "ok" (status below 400) or the stable error code
+	Status int
+	Chain  string        // the chain of the request's key, when it names one that exists
+	Took   time.Duration // from the request's start to its answer
+}
+
+func (s *Server) outcome(c echo.Context, status int, took time.Duration) Outcome {
+	s.routesOnce.Do(func() {
+		s.routes = map[string]bool{}
+		for _, r := range s.e.Routes() {
+			s.routes[r.Method+" "+r.Path] = true
+		}
+	})
+	o := Outcome{Route: "other", Code: "ok", Status: status, Took: took}
+	if r := c.Request().Method + " " + c.Path(); s.routes[r] {
+		o.Route = r
+	}
+	if ae, ok := c.Get("apierr").(*apierr.Error); ok {
+		o.Code = ae.Code
+	} else if status >= 400 {
+		o.Code = "http_" + strconv.Itoa(status)
+	}
+	if id, ok := c.Get("key_id").(string); ok && id != "" {
+		if k, err := s.deps.Keys.Get(id); err == nil {
+			o.Chain = k.Chain
+		}
+	}
+	return o
 }
 
 // recoverer turns a panic in a handler into a 500 instead of a dead connection.

@@ -50,6 +50,7 @@ type App struct {
 	ready    atomic.Bool
 
 	audit *checkpointer
+	obs   *observability // metrics, the recent sign outcomes, threshold alerts
 
 	mu          sync.RWMutex
 	hsm         *hsm.Module  // open while unsealed, nil while sealed
@@ -139,11 +140,12 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 			}
 		})
 	}
-	a.checker = health.NewChecker(2*time.Second, time.Second,
-		health.Check{Name: "hsm", Critical: true, Probe: a.probeHSM},
-		health.Check{Name: "store", Critical: true, Probe: a.store.Probe},
-		health.Check{Name: "keys", Probe: a.probeKeys},
-	)
+	a.obs = newObservability(a)
+	a.checker = health.NewChecker(2*time.Second, time.Second, append([]health.Check{
+		{Name: "hsm", Critical: true, Probe: a.probeHSM},
+		{Name: "store", Critical: true, Probe: a.store.Probe},
+		{Name: "keys", Probe: a.probeKeys},
+	}, a.thresholdChecks()...)...)
 	tlsCfg, err := api.TLSConfig(cfg.TLS)
 	if err != nil {
 		return nil, err
@@ -156,6 +158,8 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		Audit:         auditAPI{a},
 		Backup:        func(ctx context.Context, by string) (any, error) { return a.Backup(ctx, by) },
 		OnAuthFailure: (&authAuditor{a: a, perMinute: cfg.Audit.AuthFailuresPerMinute}).failed,
+		Observe:       a.obs.observe,
+		Dashboard:     a.dashboard,
 	}
 	if a.gov != nil {
 		deps.Governance = a.gov
@@ -231,11 +235,29 @@ func (a *App) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", a.cfg.Listen, err)
 	}
-	return a.ServeListener(ctx, ln)
+	mln, err := a.listenMetrics()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	return a.ServeListeners(ctx, ln, mln)
 }
 
-// ServeListener is Serve on an existing listener (tests pass 127.0.0.1:0).
+// ServeListener is Serve on an existing listener (tests pass 127.0.0.1:0),
+// without a metrics listener.
 func (a *App) ServeListener(ctx context.Context, ln net.Listener) error {
+	return a.ServeListeners(ctx, ln, nil)
+}
+
+// ServeListeners is Serve on existing listeners: the API on ln and, when
+// metricsLn is not nil, the Prometheus exposition on metricsLn.
+func (a *App) ServeListeners(ctx context.Context, ln, metricsLn net.Listener) error {
+	stopMetrics := a.serveMetrics(metricsLn)
+	defer func() {
+		mctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopMetrics(mctx)
+	}()
 	// Unattended unseal (auto mode, or dev shares) before the first request
 	// is served; connections queue on the bound listener meanwhile.
 	if err := a.startSeal(ctx); err != nil {

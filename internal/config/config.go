@@ -11,8 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -42,6 +45,8 @@ type Config struct {
 	Screening  Screening   `yaml:"screening"`
 	Audit      Audit       `yaml:"audit"`
 	Backup     Backup      `yaml:"backup"`
+	Metrics    Metrics     `yaml:"metrics"`
+	Health     Health      `yaml:"health"`
 	Principals []Principal `yaml:"principals"`
 
 	// raw is the document as read, for Digest and for backups.
@@ -65,6 +70,71 @@ func (c *Config) BackupDir() string {
 
 // Raw returns a copy of the configuration document as read.
 func (c *Config) Raw() []byte { return bytes.Clone(c.raw) }
+
+// DefaultMetricsListen is where the Prometheus exposition listens unless
+// metrics.listen says otherwise.
+const DefaultMetricsListen = "127.0.0.1:9464"
+
+// Metrics configures the Prometheus text exposition, served in plain HTTP
+// on a listener of its own, apart from the mTLS API. It is meant for the
+// host's scraper (or a local agent forwarding it), never for a public
+// interface: a TCP address that is not loopback is refused unless
+// AllowRemote is set.
+type Metrics struct {
+	// Listen is host:port, or unix:/path/to/socket, or "" / "off" to
+	// disable the listener. Absent: DefaultMetricsListen.
+	Listen *string `yaml:"listen"`
+	// AllowRemote accepts a TCP address that is not loopback. Off by default.
+	AllowRemote bool `yaml:"allow_remote"`
+}
+
+// Address returns the listen address ("unix:/path" or host:port), or ""
+// when the listener is disabled.
+func (m Metrics) Address() string {
+	if m.Listen == nil {
+		return DefaultMetricsListen
+	}
+	if a := strings.TrimSpace(*m.Listen); a != "off" {
+		return a
+	}
+	return ""
+}
+
+// Health configures the thresholds that turn /v1/health "degraded" and
+// raise an alert (logged once per transition, and the metric
+// appliance_alert{name}). They never make the appliance "down": only an
+// unusable HSM or store does, which is what stops the systemd watchdog.
+//
+// A threshold left at 0 takes its default; a negative value turns it off.
+// Thresholds without a default (min_free_disk_percent, db_size_max_bytes,
+// pending_approvals_max) are off at 0.
+type Health struct {
+	// Window and WindowRequests bound the sign outcomes that latency and
+	// the HSM error rate are judged over: the last WindowRequests answers
+	// of POST /v1/sign within the last Window. Defaults 5m and 1000.
+	Window         Duration `yaml:"window"`
+	WindowRequests int      `yaml:"window_requests"`
+	// MinSamples is how many outcomes the window must hold before latency
+	// and the error rate are judged at all. Default 20.
+	MinSamples int `yaml:"min_samples"`
+	// SignP99Max: the 99th percentile of the time from a sign request's
+	// start to its signed answer. Default 2s.
+	SignP99Max Duration `yaml:"sign_p99_max"`
+	// HSMErrorRateMax: the fraction of sign requests that needed the HSM
+	// and were answered hsm_unavailable. Default 0.05.
+	HSMErrorRateMax float64 `yaml:"hsm_error_rate_max"`
+	// MinFreeDiskBytes and MinFreeDiskPercent: free space on the
+	// database's filesystem. Defaults 512 MiB and off.
+	MinFreeDiskBytes   int64   `yaml:"min_free_disk_bytes"`
+	MinFreeDiskPercent float64 `yaml:"min_free_disk_percent"`
+	// CheckpointAgeMax: how long audit entries may wait for a signed
+	// checkpoint while unsealed (sealed, none can be signed). Default 5m.
+	CheckpointAgeMax Duration `yaml:"checkpoint_age_max"`
+	// DBSizeMaxBytes: the database file plus its WAL. Off by default.
+	DBSizeMaxBytes int64 `yaml:"db_size_max_bytes"`
+	// PendingApprovalsMax: sign requests waiting for officers. Off by default.
+	PendingApprovalsMax int `yaml:"pending_approvals_max"`
+}
 
 // Backup configures where POST /v1/backups writes its archives (default:
 // a "backups" directory beside the database). Archives are encrypted to the
@@ -292,6 +362,28 @@ func (c *Config) applyDefaults() {
 	if c.Audit.AuthFailuresPerMinute == 0 {
 		c.Audit.AuthFailuresPerMinute = 60
 	}
+	hl := &c.Health
+	if hl.Window == 0 {
+		hl.Window = Duration(5 * time.Minute)
+	}
+	if hl.WindowRequests == 0 {
+		hl.WindowRequests = 1000
+	}
+	if hl.MinSamples == 0 {
+		hl.MinSamples = 20
+	}
+	if hl.SignP99Max == 0 {
+		hl.SignP99Max = Duration(2 * time.Second)
+	}
+	if hl.HSMErrorRateMax == 0 {
+		hl.HSMErrorRateMax = 0.05
+	}
+	if hl.MinFreeDiskBytes == 0 {
+		hl.MinFreeDiskBytes = 512 << 20
+	}
+	if hl.CheckpointAgeMax == 0 {
+		hl.CheckpointAgeMax = Duration(5 * time.Minute)
+	}
 	if c.Seal.RejectionsToEnd == 0 {
 		c.Seal.RejectionsToEnd = 1
 	}
@@ -363,6 +455,19 @@ func (c *Config) validate() error {
 	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
 		bad("seal.dev_unseal_shares is only allowed in mode dev")
 	}
+	if err := checkMetricsAddress(c.Metrics.Address(), c.Metrics.AllowRemote); err != nil {
+		bad("metrics.listen: %v", err)
+	}
+	if hl := c.Health; hl.Window <= 0 || hl.WindowRequests < 1 || hl.WindowRequests > 100000 || hl.MinSamples < 1 || hl.MinSamples > hl.WindowRequests {
+		bad("health: window must be positive, window_requests within 1..100000 and min_samples within 1..window_requests")
+	}
+	if hl := c.Health; hl.CheckpointAgeMax > 0 && hl.CheckpointAgeMax < c.Audit.CheckpointInterval {
+		bad("health.checkpoint_age_max (%s) is shorter than audit.checkpoint_interval (%s): its alert would be raised between any two checkpoints",
+			hl.CheckpointAgeMax.D(), c.Audit.CheckpointInterval.D())
+	}
+	if c.Health.HSMErrorRateMax > 1 || c.Health.MinFreeDiskPercent > 100 {
+		bad("health: hsm_error_rate_max is a fraction (at most 1) and min_free_disk_percent a percentage (at most 100)")
+	}
 	for i, l := range c.Screening.Lists {
 		if l.Name == "" || l.Path == "" || (l.Chain != "ethereum" && l.Chain != "bitcoin") {
 			bad("screening.lists[%d]: name, path and chain (ethereum or bitcoin) are required", i)
@@ -390,6 +495,10 @@ func (c *Config) validate() error {
 }
 
 func (c *Config) resolvePaths(dir string) {
+	if l := c.Metrics.Listen; l != nil && strings.HasPrefix(*l, "unix:") && !filepath.IsAbs(strings.TrimPrefix(*l, "unix:")) {
+		abs := "unix:" + filepath.Join(dir, strings.TrimPrefix(*l, "unix:"))
+		c.Metrics.Listen = &abs
+	}
 	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf, &c.Backup.Dir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
@@ -407,6 +516,43 @@ func (c *Config) resolvePaths(dir string) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
+}
+
+// checkMetricsAddress accepts "" (disabled), unix:/path, and a host:port
+// whose host is a loopback IP or "localhost" (any TCP address when
+// allowRemote). An empty host means every interface, so it is remote.
+func checkMetricsAddress(addr string, allowRemote bool) error {
+	if addr == "" {
+		return nil
+	}
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		if path == "" {
+			return errors.New("unix: needs a socket path")
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is neither host:port nor unix:/path (or off): %w", addr, err)
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("%q: bad port", addr)
+	}
+	if allowRemote || IsLoopbackHost(host) {
+		return nil
+	}
+	return fmt.Errorf("%q is not a loopback address: the metrics listener is plain HTTP, for the host's scraper only; "+
+		"bind it to 127.0.0.1 or ::1 or a unix socket, or set metrics.allow_remote: true to expose it anyway", addr)
+}
+
+// IsLoopbackHost reports whether host (from host:port) names only the
+// loopback interface: "localhost" or a loopback IP literal.
+func IsLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // Redacted returns the effective configuration as YAML. The file holds no
