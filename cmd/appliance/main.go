@@ -213,9 +213,13 @@ func loadConfig(name string, args []string, bind func(*flag.FlagSet)) (*config.C
 }
 
 func serve(args []string) error {
-	cfg, log, err := loadConfig("serve", args, nil)
+	cfg, _, err := loadConfig("serve", args, nil)
 	if err != nil {
 		return err
+	}
+	log, level, err := app.NewLoggerLevel(cfg.Log)
+	if err != nil {
+		return configError{err}
 	}
 	defer func() { _ = log.Sync() }()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -226,6 +230,7 @@ func serve(args []string) error {
 		return err
 	}
 	defer a.Close()
+	a.SetLogLevel(level)
 	return a.Serve(ctx)
 }
 

@@ -49,8 +49,11 @@ type App struct {
 	server   *api.Server
 	ready    atomic.Bool
 
-	audit *checkpointer
-	obs   *observability // metrics, the recent sign outcomes, threshold alerts
+	audit  *checkpointer
+	obs    *observability                // metrics, the recent sign outcomes, threshold alerts
+	health atomic.Pointer[config.Health] // thresholds in force (a reload swaps them)
+	level  *zap.AtomicLevel              // the logger's level, when the caller gave it (SetLogLevel)
+	conf   configState
 
 	mu          sync.RWMutex
 	hsm         *hsm.Module  // open while unsealed, nil while sealed
@@ -86,8 +89,8 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	}
 	// Fail closed from the first moment: an appliance that cannot write its
 	// audit log does not start.
-	if err := a.store.RecordAudit(ctx, audit.Record{Kind: "start", Detail: "appliance starting",
-		Fields: map[string]string{"version": version, "mode": string(cfg.Mode), "config_sha256": cfg.Digest()}}); err != nil {
+	a.health.Store(&cfg.Health)
+	if err := a.recordConfigAtStart(ctx); err != nil {
 		return nil, fmt.Errorf("the audit log cannot be written; refusing to start: %w", err)
 	}
 	a.audit = &checkpointer{a: a, every: int64(cfg.Audit.CheckpointEvery), interval: cfg.Audit.CheckpointInterval.D(), lastAt: time.Now()}
@@ -269,13 +272,15 @@ func (a *App) ServeListeners(ctx context.Context, ln, metricsLn net.Listener) er
 	defer stopWatchdog()
 	go a.notifier.Monitor(wctx, a.checker, health.DefaultMonitorInterval)
 	go a.audit.run(wctx)
+	// SIGHUP reloads what can change safely (log level, thresholds, list
+	// files) and says what needs a restart.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go a.reloadOnSignal(wctx, hup)
 	if a.screener != nil {
-		// Lists reload when their files change and on SIGHUP, without a restart.
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
+		// Lists also reload when their files change.
 		go a.screener.Watch(wctx, a.cfg.Screening.WatchInterval.D())
-		go a.screener.ReloadOnSignal(wctx, hup)
 	}
 
 	a.ready.Store(true)

@@ -12,9 +12,16 @@ import (
 // NewLogger builds the process logger: JSON in production, a readable
 // console format in dev.
 func NewLogger(c config.Log) (*zap.Logger, error) {
+	log, _, err := NewLoggerLevel(c)
+	return log, err
+}
+
+// NewLoggerLevel is NewLogger that also returns the level, which a
+// configuration reload changes in place (App.SetLogLevel).
+func NewLoggerLevel(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	level, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, zap.AtomicLevel{}, fmt.Errorf("log.level: %w", err)
 	}
 	var zc zap.Config
 	if c.Format == "console" {
@@ -28,5 +35,6 @@ func NewLogger(c config.Log) (*zap.Logger, error) {
 		zc.Sampling = nil // every request line is evidence; never drop one
 	}
 	zc.Level = zap.NewAtomicLevelAt(level)
-	return zc.Build()
+	log, err := zc.Build()
+	return log, zc.Level, err
 }

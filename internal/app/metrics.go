@@ -16,6 +16,7 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/api"
 	"github.com/custodysigner/appliance/internal/audit"
+	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/metrics"
 	"github.com/custodysigner/appliance/internal/store"
@@ -203,28 +204,33 @@ func (a *App) dbSize() (int64, error) {
 // raises its alert, never "down" (the watchdog keeps being petted while
 // the appliance can sign).
 func (a *App) thresholdChecks() []health.Check {
-	cfg, al := a.cfg.Health, a.obs.alerts
-	var checks []health.Check
-	if maxP99 := cfg.SignP99Max.D(); maxP99 > 0 {
-		checks = append(checks, al.Check(alertSignLatency, func(context.Context) error {
+	al := a.obs.alerts
+	// Thresholds are read at every check from the current configuration,
+	// so a reload (SIGHUP) changes them in place; zero or negative is off.
+	return []health.Check{
+		al.Check(alertSignLatency, func(context.Context) error {
+			cfg := a.healthCfg()
+			maxP99 := cfg.SignP99Max.D()
 			ws := a.obs.window.Stats()
-			if ok := ws.Count - ws.Failures; ok < cfg.MinSamples || ws.P99 <= maxP99 {
+			if ok := ws.Count - ws.Failures; maxP99 <= 0 || ok < cfg.MinSamples || ws.P99 <= maxP99 {
 				return nil
 			}
 			return fmt.Errorf("p99 sign latency %s over the last %d signatures exceeds %s", ws.P99, ws.Count-ws.Failures, maxP99)
-		}))
-	}
-	if maxRate := cfg.HSMErrorRateMax; maxRate > 0 {
-		checks = append(checks, al.Check(alertHSMErrorRate, func(context.Context) error {
+		}),
+		al.Check(alertHSMErrorRate, func(context.Context) error {
+			cfg := a.healthCfg()
+			maxRate := cfg.HSMErrorRateMax
 			ws := a.obs.window.Stats()
-			if ws.Count < cfg.MinSamples || ws.ErrorRate() <= maxRate {
+			if maxRate <= 0 || ws.Count < cfg.MinSamples || ws.ErrorRate() <= maxRate {
 				return nil
 			}
 			return fmt.Errorf("%d of the last %d sign requests failed for the HSM (%.3f > %.3f)", ws.Failures, ws.Count, ws.ErrorRate(), maxRate)
-		}))
-	}
-	if cfg.MinFreeDiskBytes > 0 || cfg.MinFreeDiskPercent > 0 {
-		checks = append(checks, al.Check(alertDiskSpace, func(context.Context) error {
+		}),
+		al.Check(alertDiskSpace, func(context.Context) error {
+			cfg := a.healthCfg()
+			if cfg.MinFreeDiskBytes <= 0 && cfg.MinFreeDiskPercent <= 0 {
+				return nil
+			}
 			dir := filepath.Dir(a.cfg.Store.Path)
 			free, size, err := health.DiskSpace(dir)
 			if errors.Is(err, errors.ErrUnsupported) {
@@ -240,10 +246,12 @@ func (a *App) thresholdChecks() []health.Check {
 				return fmt.Errorf("%.1f%% free on the database's filesystem (%s), below %.1f%%", pct, dir, cfg.MinFreeDiskPercent)
 			}
 			return nil
-		}))
-	}
-	if maxAge := cfg.CheckpointAgeMax.D(); maxAge > 0 {
-		checks = append(checks, al.Check(alertAuditCheckpoint, func(ctx context.Context) error {
+		}),
+		al.Check(alertAuditCheckpoint, func(ctx context.Context) error {
+			maxAge := a.healthCfg().CheckpointAgeMax.D()
+			if maxAge <= 0 {
+				return nil
+			}
 			if _, signer := a.currentAudit(); signer == nil {
 				return nil // sealed: no checkpoint can be signed, by design
 			}
@@ -256,10 +264,12 @@ func (a *App) thresholdChecks() []health.Check {
 					v.seq+1, v.head, v.waiting.Round(time.Second), maxAge)
 			}
 			return nil
-		}))
-	}
-	if maxSize := cfg.DBSizeMaxBytes; maxSize > 0 {
-		checks = append(checks, al.Check(alertDBSize, func(context.Context) error {
+		}),
+		al.Check(alertDBSize, func(context.Context) error {
+			maxSize := a.healthCfg().DBSizeMaxBytes
+			if maxSize <= 0 {
+				return nil
+			}
 			n, err := a.dbSize()
 			if err != nil {
 				return fmt.Errorf("database size: %w", err)
@@ -268,10 +278,12 @@ func (a *App) thresholdChecks() []health.Check {
 				return fmt.Errorf("the database and its WAL take %d bytes, above %d", n, maxSize)
 			}
 			return nil
-		}))
-	}
-	if maxPending := cfg.PendingApprovalsMax; maxPending > 0 {
-		checks = append(checks, al.Check(alertPendingApprovals, func(ctx context.Context) error {
+		}),
+		al.Check(alertPendingApprovals, func(ctx context.Context) error {
+			maxPending := a.healthCfg().PendingApprovalsMax
+			if maxPending <= 0 {
+				return nil
+			}
 			n, err := a.store.CountRequests(ctx, store.StatePendingApproval)
 			if err != nil {
 				return fmt.Errorf("counting pending approvals: %w", err)
@@ -280,10 +292,12 @@ func (a *App) thresholdChecks() []health.Check {
 				return fmt.Errorf("%d sign requests wait for approvals, above %d", n, maxPending)
 			}
 			return nil
-		}))
+		}),
 	}
-	return checks
 }
+
+// healthCfg is the health thresholds in force.
+func (a *App) healthCfg() *config.Health { return a.health.Load() }
 
 // listenMetrics opens the configured metrics listener; nil when disabled.
 func (a *App) listenMetrics() (net.Listener, error) {

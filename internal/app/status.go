@@ -26,6 +26,16 @@ type StatusBody struct {
 	PendingRequests int            `json:"pending_requests"`
 	HSM             HSMStatus      `json:"hsm"`
 	Lists           map[string]any `json:"lists"`
+	// Config is the configuration file's hash (as loaded at start or by the
+	// last reload) and the changed sections waiting for a restart.
+	Config ConfigStatus `json:"config"`
+}
+
+// ConfigStatus is the configuration part of the status.
+type ConfigStatus struct {
+	SHA256       string    `json:"sha256"`
+	LoadedAt     time.Time `json:"loaded_at"`
+	NeedsRestart []string  `json:"needs_restart"`
 }
 
 // KeyRefusal says which key cannot sign and why.
@@ -78,6 +88,7 @@ func (a *App) status(ctx context.Context) any {
 			b.Lists[v.Name] = v
 		}
 	}
+	b.Config.SHA256, b.Config.LoadedAt, b.Config.NeedsRestart = a.configStatus()
 	b.SchemaVersion, _ = a.store.SchemaVersion(ctx)
 	b.PendingRequests, _ = a.store.CountRequests(ctx, store.StateSigning)
 	return b

@@ -51,7 +51,13 @@ type Config struct {
 
 	// raw is the document as read, for Digest and for backups.
 	raw []byte
+	// path is the file Load read (empty for Parse), for reloads.
+	path string
 }
+
+// Path is the file the configuration was loaded from ("" when parsed from
+// memory).
+func (c *Config) Path() string { return c.path }
 
 // Digest is the SHA-256 of the configuration document as read, in hex: it
 // is audited at every start so a changed configuration is visible.
@@ -293,6 +299,9 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	c.resolvePaths(filepath.Dir(path))
+	if c.path, err = filepath.Abs(path); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
 	return c, nil
 }
 

@@ -307,3 +307,19 @@ func SetBackupRecipientTx(ctx context.Context, tx *Tx, pub string) error {
 	return appendAudit(ctx, tx, audit.Record{Kind: "backup_recipient", Detail: "backups are encrypted to this key; only a quorum can derive its private half",
 		Fields: map[string]string{"public_key": pub}}, nil)
 }
+
+// LastConfigSHA returns the configuration hash of the newest start or
+// reload entry that recorded one ("" if none).
+func (s *Store) LastConfigSHA(ctx context.Context) (string, error) {
+	var sha sql.NullString
+	err := s.r.QueryRowContext(ctx, `SELECT json_extract(fields, '$.config_sha256') FROM events
+		WHERE kind IN ('start', 'config_reload', 'config_changed') AND json_extract(fields, '$.config_sha256') IS NOT NULL
+		ORDER BY seq DESC LIMIT 1`).Scan(&sha)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("store: last configuration hash: %w", err)
+	}
+	return sha.String, nil
+}
