@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GOTEST  := go test -race -count=1 -timeout 14m
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean deb deb-test systemd-check
+.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean deb deb-test systemd-check systemd-live
 
 all: build
 
@@ -64,6 +64,11 @@ deb-test: deb
 ## systemd-check: the unit's `systemd-analyze security` exposure (at most 1.5) and `systemd-analyze verify`
 systemd-check: deb
 	@scripts/systemd-check.sh
+
+## systemd-live: the .deb in a debootstrapped bookworm booted with systemd-nspawn (systemd as PID 1):
+## the hardened unit runs, unseals, signs, reloads, stops (root; not in `make test`; docs/OPERATIONS.md)
+systemd-live: deb
+	@scripts/systemd-live.sh
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
