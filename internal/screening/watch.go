@@ -2,10 +2,7 @@ package screening
 
 import (
 	"context"
-	"os"
 	"time"
-
-	"go.uber.org/zap"
 )
 
 // defaultWatchInterval is used when Watch is given a non-positive interval.
@@ -17,7 +14,7 @@ const defaultWatchInterval = 5 * time.Second
 // so touching a file reloads nothing. Polling rather than inotify keeps
 // this working for files replaced by rename, on network mounts and in
 // containers; a rewrite that keeps both size and mtime is only picked up
-// by SIGHUP (ReloadOnSignal).
+// by the appliance on SIGHUP (Reload).
 func (s *Screener) Watch(ctx context.Context, interval time.Duration) {
 	if interval <= 0 {
 		interval = defaultWatchInterval
@@ -47,27 +44,4 @@ func (s *Screener) changed() bool {
 		}
 	}
 	return false
-}
-
-// ReloadOnSignal reloads every list each time sig delivers, until ctx ends
-// or sig is closed. The caller owns the channel (signal.Notify(ch,
-// syscall.SIGHUP)), so composition decides which signal means reload.
-func (s *Screener) ReloadOnSignal(ctx context.Context, sig <-chan os.Signal) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case got, ok := <-sig:
-			if !ok {
-				return
-			}
-			name := "<nil>"
-			if got != nil {
-				name = got.String()
-			}
-			s.log.Info("reloading known-risk lists on signal", zap.String("signal", name))
-			// Failures are logged by Reload and shown in Versions.
-			_ = s.Reload()
-		}
-	}
 }
