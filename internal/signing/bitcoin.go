@@ -17,7 +17,6 @@ import (
 	"github.com/custodysigner/appliance/internal/bitcoin"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
-	"github.com/custodysigner/appliance/internal/secp"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -110,7 +109,7 @@ func (bs *bitcoinSigner) sign(ctx context.Context, h Signer, key *Key) (store.Co
 		if err != nil {
 			return store.Completion{}, err
 		}
-		if _, err := secp.VerifyAndParity(key.PublicKey, d.Hash[:], sig); err != nil {
+		if _, err := verifyAndParity(key.PublicKey, d.Hash[:], sig); err != nil {
 			return store.Completion{}, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "the HSM's signature did not verify against the pinned key")
 		}
 		sigs = append(sigs, sig)

@@ -15,7 +15,6 @@ import (
 	"github.com/custodysigner/appliance/internal/ethereum"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/screening"
-	"github.com/custodysigner/appliance/internal/secp"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -140,7 +139,7 @@ func (es *ethereumSigner) sign(ctx context.Context, h Signer, key *Key) (store.C
 	if err != nil {
 		return store.Completion{}, err
 	}
-	parity, err := secp.VerifyAndParity(key.PublicKey, es.digest, sig)
+	parity, err := verifyAndParity(key.PublicKey, es.digest, sig)
 	if err != nil {
 		// The HSM answered with something that is not a signature by the
 		// pinned key: never release it.

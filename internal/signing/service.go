@@ -205,6 +205,9 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		if prep.refuse != nil || s.rules == nil {
 			return nil
 		}
+		// Once started, the transaction's statements run to their end: it
+		// may be shared with other requests (the store's group commit).
+		ctx := context.WithoutCancel(ctx)
 		d, err := s.rules.Evaluate(ctx, tx, policy.Request{KeyID: key.ID, Principal: p.Name, RequestID: r.ID, Intent: prep.policy})
 		if err != nil {
 			return err

@@ -48,6 +48,12 @@ type Request struct {
 const requestColumns = `id, principal, idempotency_key, key_id, chain, network, payload, payload_hash,
 	intent, digest, state, signed_tx, tx_hash, error_code, error_message, created_at, updated_at, signed_psbt`
 
+// idempotencyLookup finds a principal's earlier request under the same
+// idempotency key. The "<> ”" term lets SQLite use the partial unique index
+// (requests_idempotency); without it the lookup scans the whole table.
+const idempotencyLookup = `SELECT ` + requestColumns + ` FROM requests
+	WHERE principal = ? AND idempotency_key = ? AND idempotency_key <> ''`
+
 // NewRequestID returns "req_" and 26 lowercase base32 characters encoding
 // 128 random bits: unguessable, so knowing one id reveals nothing about others.
 func NewRequestID() string {
@@ -78,9 +84,11 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 	var out Request
 	created := false
 	err := s.WriteTx(ctx, func(tx *Tx) error {
+		ctx := context.WithoutCancel(ctx) // see detached
+
 		if r.IdempotencyKey != "" {
 			prev, err := scanRequest(tx.QueryRowContext(ctx,
-				`SELECT `+requestColumns+` FROM requests WHERE principal = ? AND idempotency_key = ?`,
+				idempotencyLookup,
 				r.Principal, r.IdempotencyKey))
 			if err == nil {
 				out = prev
@@ -188,6 +196,7 @@ func (s *Store) transition(ctx context.Context, id, from, to string, rec audit.R
 	params := append([]any{to, s.now().UTC().UnixNano()}, args...)
 	params = append(params, id, from)
 	return s.WriteTx(ctx, func(tx *Tx) error {
+		ctx := context.WithoutCancel(ctx) // see detached
 		res, err := tx.ExecContext(ctx, q, params...)
 		if err != nil {
 			return fmt.Errorf("store: request %s %s → %s: %w", id, from, to, err)

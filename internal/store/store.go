@@ -60,6 +60,8 @@ type Store struct {
 	now func() time.Time
 
 	redactor atomic.Pointer[audit.Redactor] // HMAC key for sensitive audit fields; nil while sealed
+
+	gc groupCommit // concurrent write transactions share one commit (groupcommit.go)
 }
 
 // Open opens (creating if missing) the database at path and migrates it to
@@ -128,35 +130,6 @@ func (s *Store) Close() error {
 	}
 	errs = append(errs, s.w.Close())
 	return errors.Join(errs...)
-}
-
-// WriteTx runs fn inside the single write transaction and commits if fn
-// returns nil; otherwise, or if fn panics, nothing fn did is kept. The write
-// lock is held for the whole of fn, so fn must be short and must not call
-// WriteTx (or any other Store write) itself: that would wait for the one
-// writer connection it already holds. Reads through the Store's read methods
-// from inside fn do not see fn's uncommitted writes; read through tx instead.
-func (s *Store) WriteTx(ctx context.Context, fn func(tx *Tx) error) (err error) {
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("store: begin write: %w", err)
-	}
-	defer func() {
-		if p := recover(); p != nil {
-			_ = tx.Rollback()
-			panic(p)
-		}
-		if err != nil {
-			_ = tx.Rollback()
-		}
-	}()
-	if err = fn(tx); err != nil {
-		return err
-	}
-	if err = tx.Commit(); err != nil {
-		return fmt.Errorf("store: commit: %w", err)
-	}
-	return nil
 }
 
 // openDB opens a pool on a file: URI so that unusual characters in the path
