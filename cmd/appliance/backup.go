@@ -59,12 +59,9 @@ func restoreCmd(args []string, out io.Writer) error {
 	}
 	var soPIN []byte
 	if soPINFile != "" {
-		raw, err := os.ReadFile(soPINFile)
-		if err != nil {
+		if soPIN, err = readSecretFile(soPINFile); err != nil {
 			return err
 		}
-		soPIN = []byte(strings.TrimRight(string(raw), "\r\n"))
-		clear(raw)
 		defer clear(soPIN)
 	}
 	var texts []string

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -21,6 +22,7 @@ import (
 	"github.com/custodysigner/appliance/internal/app"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/devpki"
+	"github.com/custodysigner/appliance/internal/secret"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -77,7 +79,16 @@ type configError struct{ err error }
 func (e configError) Error() string { return e.err.Error() }
 func (e configError) Unwrap() error { return e.err }
 
+// hardening is what secret.Harden did at process start, logged by serve.
+var (
+	hardening    secret.Hardening
+	hardeningErr error
+)
+
 func main() {
+	// First of all, before any secret is read: no core dumps, not dumpable
+	// (every command: officers' commands read shares and approval keys).
+	hardening, hardeningErr = secret.Harden()
 	err := run(os.Args[1:], os.Stdout)
 	if err == nil {
 		os.Exit(exitOK)
@@ -222,6 +233,9 @@ func serve(args []string) error {
 		return configError{err}
 	}
 	defer func() { _ = log.Sync() }()
+	if err := logHardening(log, cfg.Mode, hardening, hardeningErr); err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := app.New(ctx, cfg, log, version)
@@ -232,6 +246,36 @@ func serve(args []string) error {
 	defer a.Close()
 	a.SetLogLevel(level)
 	return a.Serve(ctx)
+}
+
+// logHardening logs, once, what the process hardening achieved. A
+// production appliance whose core dumps could not be turned off refuses to
+// start (on Linux only a sandbox refusing setrlimit or prctl can cause it;
+// other platforms have no hardening); dev mode warns and goes on.
+func logHardening(log *zap.Logger, mode config.Mode, h secret.Hardening, err error) error {
+	fields := []zap.Field{zap.Bool("core_limit_zero", h.CoreLimitZero), zap.Bool("dumpable", !h.NotDumpable),
+		zap.Bool("secret_memory_locked", h.LockWorks), zap.Uint64("memlock_limit", h.MemlockLimit)}
+	switch {
+	case err == nil && h.Complete():
+		log.Info("process hardened: "+h.String(), fields...)
+	case mode == config.ModeProduction:
+		log.Error("process hardening failed: core dumps may be possible; refusing to start", append(fields, zap.Error(err))...)
+		return fmt.Errorf("process hardening: %w", errors.Join(err, errors.New(h.String())))
+	default:
+		log.Warn("process hardening failed (dev mode: going on): "+h.String(), append(fields, zap.Error(err))...)
+	}
+	return nil
+}
+
+// readSecretFile reads a secret (a PIN) from a file and trims trailing
+// newlines in place: the result shares the read buffer, which the caller
+// zeroes, and no string copy is made.
+func readSecretFile(path string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(raw, "\r\n"), nil
 }
 
 func initCmd(args []string) error {
@@ -250,12 +294,9 @@ func initCmd(args []string) error {
 	}
 	var soPIN []byte
 	if soPINFile != "" {
-		raw, err := os.ReadFile(soPINFile)
-		if err != nil {
+		if soPIN, err = readSecretFile(soPINFile); err != nil {
 			return fmt.Errorf("SO PIN file: %w", err)
 		}
-		soPIN = []byte(strings.TrimRight(string(raw), "\r\n"))
-		clear(raw)
 		defer clear(soPIN)
 	}
 	if threshold == 0 && officers == "" {

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -63,15 +65,46 @@ func unsealCmd(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	body := map[string]string{"share": strings.TrimSpace(string(raw))}
-	clear(raw)
+	body := &shareBody{share: bytes.TrimSpace(raw)}
 	var res map[string]any
 	err = c.Do(context.Background(), "POST", "/v1/unseal", body, &res)
-	body["share"] = ""
+	clear(raw)
+	body.wipe()
 	if err != nil {
 		return err
 	}
 	return printJSON(out, res)
+}
+
+// shareBody is the /v1/unseal request built from the share file's bytes,
+// so that this process never holds the share as a Go string (which could
+// not be zeroed). What remains outside its control: encoding/json's and
+// the HTTP client's copies of the marshalled body (a short-lived process,
+// hardened against dumps).
+type shareBody struct {
+	share []byte // a sub-slice of the file's bytes
+	json  []byte // what MarshalJSON made
+}
+
+// MarshalJSON writes {"share":"..."}. A share is printable ASCII without
+// quotes or backslashes; anything else is refused here, without echoing it.
+func (b *shareBody) MarshalJSON() ([]byte, error) {
+	for _, c := range b.share {
+		if c < 0x21 || c > 0x7e || c == '"' || c == '\\' {
+			return nil, errors.New("the share file holds characters no share has")
+		}
+	}
+	b.json = make([]byte, 0, len(b.share)+len(`{"share":""}`))
+	b.json = append(b.json, `{"share":"`...)
+	b.json = append(b.json, b.share...)
+	b.json = append(b.json, `"}`...)
+	return b.json, nil
+}
+
+// wipe zeroes the share and the JSON made from it.
+func (b *shareBody) wipe() {
+	clear(b.share)
+	clear(b.json)
 }
 
 func freezeCmd(args []string, out io.Writer) error {

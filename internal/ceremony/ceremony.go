@@ -19,7 +19,9 @@ var ErrInvalidThreshold = errors.New("ceremony: invalid threshold")
 
 // Ceremony is the outcome of init: the shares to hand out, one per
 // officer, and the verifier to store. Secret is the live unseal secret,
-// needed to set the HSM PIN once; the caller destroys it afterwards.
+// needed to set the HSM PIN once; the caller destroys it afterwards
+// (Destroy, or Secret.Destroy), which zeroes the shares' data too: write
+// the shares out first.
 type Ceremony struct {
 	ID        [8]byte
 	Threshold int
@@ -75,6 +77,9 @@ func split(raw []byte, k, n int) (*Ceremony, error) {
 		secret.Destroy()
 		return nil, fmt.Errorf("ceremony: splitting secret: %w", err)
 	}
+	// The shares are heap memory (they are written out as text); they are
+	// zeroed when the secret is destroyed.
+	secret.st.attached = parts
 	c.Shares = make([]Share, n)
 	for i, r := range parts {
 		c.Shares[i] = Share{
@@ -89,6 +94,14 @@ func split(raw []byte, k, n int) (*Ceremony, error) {
 	c.Verifier = secret.Verifier()
 	c.Secret = secret
 	return c, nil
+}
+
+// Destroy zeroes the ceremony's shares and destroys its secret. It is
+// idempotent.
+func (c *Ceremony) Destroy() {
+	if c != nil {
+		c.Secret.Destroy()
+	}
 }
 
 // Recover combines share texts into the secret without a stored verifier

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custodysigner/appliance/internal/secret"
 	"github.com/custodysigner/appliance/internal/shamir"
 )
 
@@ -51,7 +52,25 @@ type Progress struct {
 	nonce   string
 	started time.Time // first share of the attempt
 	total   byte      // n carried by the attempt's first share
-	shares  [][]byte  // shamir layout: y-values then x
+	// held keeps the attempt's shares, shamir layout (y-values then x), one
+	// row of SecretSize+1 bytes per share, in a secret.Buffer: outside the
+	// Go heap, excluded from core dumps, locked where allowed. nil while no
+	// share is held; destroyed (zeroed) at every reset.
+	held *secret.Buffer
+	have int
+}
+
+// shareRow is the length of a held share: its y-values and its x.
+const shareRow = SecretSize + 1
+
+// rows returns the held shares as views into the buffer; p.mu is held.
+func (p *Progress) rows() [][]byte {
+	rows := make([][]byte, p.have)
+	b := p.held.Bytes()
+	for i := range rows {
+		rows[i] = b[i*shareRow : (i+1)*shareRow : (i+1)*shareRow]
+	}
+	return rows
 }
 
 // NewProgress starts collecting shares for the given ceremony. The
@@ -80,78 +99,79 @@ func NewProgress(ceremonyID [8]byte, threshold int, verifier []byte, ttl time.Du
 // matches the verifier it returns the secret (which the caller destroys)
 // and have = threshold; on ErrWrongCombination or ErrProgressExpired the
 // attempt has been reset and have = 0. Errors never contain share data.
-func (p *Progress) Add(text string) (secret *Secret, have int, err error) {
+func (p *Progress) Add(text string) (combined *Secret, have int, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
-	if len(p.shares) > 0 && p.now().Sub(p.started) > p.ttl {
+	if p.have > 0 && p.now().Sub(p.started) > p.ttl {
 		p.resetLocked()
 		return nil, 0, fmt.Errorf("%w: older than %v", ErrProgressExpired, p.ttl)
 	}
 
 	s, err := ParseShare(text)
 	if err != nil {
-		return nil, len(p.shares), err
+		return nil, p.have, err
 	}
 	// s.Data is ours (ParseShare allocated it); wipe it on every path.
 	defer clear(s.Data)
 
 	if s.CeremonyID != p.ceremonyID {
-		return nil, len(p.shares), fmt.Errorf("%w: share is from %x, expected %x", ErrWrongCeremony, s.CeremonyID[:], p.ceremonyID[:])
+		return nil, p.have, fmt.Errorf("%w: share is from %x, expected %x", ErrWrongCeremony, s.CeremonyID[:], p.ceremonyID[:])
 	}
-	if int(s.Threshold) != p.threshold || (len(p.shares) > 0 && s.Total != p.total) {
-		return nil, len(p.shares), fmt.Errorf("%w: share is %d of %d, expected %d", ErrWrongThreshold, s.Threshold, s.Total, p.threshold)
+	if int(s.Threshold) != p.threshold || (p.have > 0 && s.Total != p.total) {
+		return nil, p.have, fmt.Errorf("%w: share is %d of %d, expected %d", ErrWrongThreshold, s.Threshold, s.Total, p.threshold)
 	}
 	if len(s.Data) != SecretSize {
-		return nil, len(p.shares), fmt.Errorf("%w: share carries %d bytes, expected %d", ErrShareFormat, len(s.Data), SecretSize)
+		return nil, p.have, fmt.Errorf("%w: share carries %d bytes, expected %d", ErrShareFormat, len(s.Data), SecretSize)
 	}
 
 	// Compare against every held share without stopping early, and
 	// compare data in constant time: how long a refusal takes must not
 	// tell a submitter how close their bytes came to another officer's.
 	dup := 0
-	for _, held := range p.shares {
+	for _, held := range p.rows() {
 		dup |= subtle.ConstantTimeByteEq(held[SecretSize], s.Index)
 		dup |= subtle.ConstantTimeCompare(held[:SecretSize], s.Data)
 	}
 	if dup == 1 {
-		return nil, len(p.shares), fmt.Errorf("%w: index %d", ErrDuplicateShare, s.Index)
+		return nil, p.have, fmt.Errorf("%w: index %d", ErrDuplicateShare, s.Index)
 	}
 
-	if len(p.shares) == 0 {
+	if p.have == 0 {
 		p.started = p.now()
 		p.total = s.Total
+		p.held = secret.New(p.threshold * shareRow)
 	}
-	held := make([]byte, SecretSize+1)
-	copy(held, s.Data)
-	held[SecretSize] = s.Index
-	p.shares = append(p.shares, held)
-	if len(p.shares) < p.threshold {
-		return nil, len(p.shares), nil
+	row := p.held.Bytes()[p.have*shareRow : (p.have+1)*shareRow]
+	copy(row, s.Data)
+	row[SecretSize] = s.Index
+	p.have++
+	if p.have < p.threshold {
+		return nil, p.have, nil
 	}
 
-	// Threshold reached: whatever happens next, this attempt is over.
-	combined, err := shamir.Combine(p.shares)
+	// Threshold reached: whatever happens next, this attempt is over. The
+	// shares combine straight into the secret's buffer.
+	combined = newSecret(p.ceremonyID)
+	err = shamir.CombineInto(combined.st.buf, p.rows())
 	p.resetLocked()
 	if err != nil {
 		// Unreachable after the checks above; refuse rather than trust it.
+		combined.Destroy()
 		return nil, 0, fmt.Errorf("%w: %w", ErrWrongCombination, err)
 	}
-	secret = newSecret(p.ceremonyID)
-	copy(secret.st.buf, combined)
-	clear(combined)
-	if !p.skipVerify && !secret.Verify(p.verifier) {
-		secret.Destroy()
+	if !p.skipVerify && !combined.Verify(p.verifier) {
+		combined.Destroy()
 		return nil, 0, ErrWrongCombination
 	}
-	return secret, p.threshold, nil
+	return combined, p.threshold, nil
 }
 
 // Have returns the number of shares held by the current attempt.
 func (p *Progress) Have() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.shares)
+	return p.have
 }
 
 // Nonce names the current attempt; it changes on every reset, so a client
@@ -170,10 +190,9 @@ func (p *Progress) Reset() {
 }
 
 func (p *Progress) resetLocked() {
-	for _, s := range p.shares {
-		clear(s)
-	}
-	p.shares = nil
+	p.held.Destroy()
+	p.held = nil
+	p.have = 0
 	p.started = time.Time{}
 	p.total = 0
 	p.nonce = rand.Text()

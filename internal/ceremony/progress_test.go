@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -251,4 +252,46 @@ func TestErrorsCarryNoShareData(t *testing.T) {
 			t.Fatalf("error %q contains share data", err)
 		}
 	}
+}
+
+// TestProgressHoldsSharesInSecretMemory: shares waiting for the quorum are
+// kept in one secret.Buffer (on Linux outside the heap and excluded from
+// core dumps), which every way an attempt ends destroys.
+func TestProgressHoldsSharesInSecretMemory(t *testing.T) {
+	c := newTestCeremony(t, 3, 5)
+	p, clk := newTestProgress(c)
+	if p.held != nil {
+		t.Fatal("an empty attempt holds memory")
+	}
+	mustAdd(t, p, c.Shares[0].Encode(), 1)
+	held := p.held
+	if held == nil || held.Len() != 3*(SecretSize+1) {
+		t.Fatalf("held buffer %v of %d bytes", held, held.Len())
+	}
+	if runtime.GOOS == "linux" && (!held.Mapped() || !held.DontDump()) {
+		t.Fatal("held shares are not in memory excluded from core dumps")
+	}
+	row := held.Bytes()[:SecretSize+1]
+	if !bytes.Equal(row[:SecretSize], c.Shares[0].Data) || row[SecretSize] != c.Shares[0].Index {
+		t.Fatal("the held row is not the share")
+	}
+	// Reset, expiry and completion each destroy the buffer.
+	p.Reset()
+	if p.held != nil || held.Bytes() != nil {
+		t.Fatal("Reset left the shares' buffer alive")
+	}
+	mustAdd(t, p, c.Shares[0].Encode(), 1)
+	held = p.held
+	clk.Advance(2 * time.Minute)
+	if _, _, err := p.Add(c.Shares[1].Encode()); !errors.Is(err, ErrProgressExpired) || held.Bytes() != nil {
+		t.Fatalf("expiry: %v, buffer alive %v", err, held.Bytes() != nil)
+	}
+	mustAdd(t, p, c.Shares[0].Encode(), 1)
+	mustAdd(t, p, c.Shares[1].Encode(), 2)
+	held = p.held
+	s := mustAdd(t, p, c.Shares[2].Encode(), 3)
+	if s == nil || held.Bytes() != nil || p.held != nil {
+		t.Fatal("completion left the shares' buffer alive")
+	}
+	s.Destroy()
 }

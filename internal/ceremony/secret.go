@@ -5,10 +5,11 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"io"
-	"runtime"
 	"sync"
 
 	"golang.org/x/crypto/hkdf"
+
+	"github.com/custodysigner/appliance/internal/secret"
 )
 
 // SecretSize is the length of the unseal secret: 256 bits.
@@ -28,9 +29,9 @@ const (
 // derivedSize is the length of the PIN key and of the verifier.
 const derivedSize = 32
 
-// Secret holds the unseal secret in memory that Destroy zeroes. On Linux it
-// lives outside the Go heap, mlock'ed and excluded from core dumps (best
-// effort). It never prints: every fmt verb gives "[redacted]".
+// Secret holds the unseal secret in a secret.Buffer: outside the Go heap,
+// excluded from core dumps and locked into RAM where the platform allows,
+// zeroed by Destroy. It never prints: every fmt verb gives "[redacted]".
 //
 // A Secret is safe for concurrent use. After Destroy, DerivePIN and
 // Verifier return nil and Verify returns false.
@@ -43,28 +44,22 @@ type Secret struct {
 type secretState struct {
 	mu         sync.Mutex
 	ceremonyID [8]byte // HKDF salt, so two ceremonies never share a PIN
-	buf        []byte  // nil once destroyed
-	release    func()
-	cleanup    runtime.Cleanup
+	mem        *secret.Buffer
+	buf        []byte // mem.Bytes(); nil once destroyed
+	// attached are heap copies of secret material made from this secret
+	// (a ceremony's shares) that Destroy zeroes with it.
+	attached [][]byte
 }
 
 // newSecret allocates a zeroed secret for the given ceremony. If the
-// caller forgets Destroy, a cleanup zeroes and frees the buffer once the
-// secret is unreachable.
+// caller forgets Destroy, the buffer is zeroed and freed once unreachable.
 func newSecret(ceremonyID [8]byte) *Secret {
-	buf, release := allocSecret(SecretSize)
-	st := &secretState{ceremonyID: ceremonyID, buf: buf, release: release}
-	st.cleanup = runtime.AddCleanup(st, func(release func()) { release() }, release)
-	return &Secret{st: st}
+	mem := secret.New(SecretSize)
+	return &Secret{st: &secretState{ceremonyID: ceremonyID, mem: mem, buf: mem.Bytes()}}
 }
 
-// heapSecret is the fallback buffer when no better memory is available.
-func heapSecret(size int) ([]byte, func()) {
-	buf := make([]byte, size)
-	return buf, func() { clear(buf) }
-}
-
-// Destroy zeroes and frees the secret. It is idempotent.
+// Destroy zeroes and frees the secret, and zeroes what was attached to it
+// (a ceremony's shares). It is idempotent.
 func (s *Secret) Destroy() {
 	st := s.state()
 	if st == nil {
@@ -75,27 +70,57 @@ func (s *Secret) Destroy() {
 	if st.buf == nil {
 		return
 	}
-	st.cleanup.Stop()
-	st.release()
-	st.buf, st.release = nil, nil
+	st.buf = nil
+	st.mem.Destroy()
+	for _, b := range st.attached {
+		secret.Wipe(b)
+	}
+	st.attached = nil
+}
+
+// Protected reports whether the secret lives outside the Go heap excluded
+// from core dumps, and whether it is locked into RAM.
+func (s *Secret) Protected() (dontDump, locked bool) {
+	s.locked(func(st *secretState) { dontDump, locked = st.mem.Mapped() && st.mem.DontDump(), st.mem.Locked() })
+	return dontDump, locked
 }
 
 // DerivePIN derives the HSM user PIN: HKDF-SHA256 over the secret with the
 // ceremony id as salt and the "…/v1/hsm-user-pin" label, 32 bytes rendered
 // as 64 lowercase hex characters (SoftHSM PINs are printable, at most 255).
 // The caller zeroes the returned slice when done; nil after Destroy.
+// PINBuffer gives the same PIN in a secret.Buffer.
 func (s *Secret) DerivePIN() []byte {
 	var pin []byte
 	s.locked(func(st *secretState) {
-		raw := st.derive(pinInfo)
-		defer clear(raw)
-		pin = make([]byte, 2*len(raw))
-		for i, b := range raw {
-			pin[2*i] = hexDigit(b >> 4)
-			pin[2*i+1] = hexDigit(b & 0x0f)
-		}
+		pin = make([]byte, 2*derivedSize)
+		st.derivePIN(pin)
 	})
 	return pin
+}
+
+// PINBuffer is DerivePIN into a secret.Buffer, which the caller destroys;
+// nil after Destroy.
+func (s *Secret) PINBuffer() *secret.Buffer {
+	var pin *secret.Buffer
+	s.locked(func(st *secretState) {
+		pin = secret.New(2 * derivedSize)
+		st.derivePIN(pin.Bytes())
+	})
+	return pin
+}
+
+// derivePIN writes the PIN's 64 hex characters into dst; st.mu must be held.
+func (st *secretState) derivePIN(dst []byte) {
+	secret.Do(func() {
+		var raw [derivedSize]byte
+		st.deriveInto(raw[:], st.ceremonyID[:], pinInfo)
+		for i, b := range raw {
+			dst[2*i] = hexDigit(b >> 4)
+			dst[2*i+1] = hexDigit(b & 0x0f)
+		}
+		secret.Wipe(raw[:])
+	})
 }
 
 // Verifier derives the value stored at init to recognise the secret at
@@ -175,14 +200,11 @@ func (s *Secret) state() *secretState {
 	return s.st
 }
 
-// derive expands the secret under label; st.mu must be held.
+// derive expands the secret under label with the ceremony id as salt;
+// st.mu must be held.
 func (st *secretState) derive(label string) []byte {
 	out := make([]byte, derivedSize)
-	r := hkdf.New(sha256.New, st.buf, st.ceremonyID[:], []byte(label))
-	if _, err := io.ReadFull(r, out); err != nil {
-		// HKDF-SHA256 yields up to 8160 bytes; 32 cannot fail.
-		panic("ceremony: hkdf: " + err.Error())
-	}
+	st.deriveInto(out, st.ceremonyID[:], label)
 	return out
 }
 
@@ -190,10 +212,21 @@ func (st *secretState) derive(label string) []byte {
 // outlive a re-share. st.mu must be held.
 func (st *secretState) deriveStable(label string) []byte {
 	out := make([]byte, derivedSize)
-	if _, err := io.ReadFull(hkdf.New(sha256.New, st.buf, nil, []byte(label)), out); err != nil {
-		panic("ceremony: hkdf: " + err.Error())
-	}
+	st.deriveInto(out, nil, label)
 	return out
+}
+
+// deriveInto fills out with HKDF-SHA256(secret, salt, label). The HKDF and
+// HMAC state (the PRK, keyed pads) lives on the heap where this code cannot
+// zero it; secret.Do erases it when built with GOEXPERIMENT=runtimesecret.
+func (st *secretState) deriveInto(out, salt []byte, label string) {
+	secret.Do(func() {
+		r := hkdf.New(sha256.New, st.buf, salt, []byte(label))
+		if _, err := io.ReadFull(r, out); err != nil {
+			// HKDF-SHA256 yields up to 8160 bytes; 32 cannot fail.
+			panic("ceremony: hkdf: " + err.Error())
+		}
+	})
 }
 
 // hexDigit renders a nibble as lowercase hex without a lookup table or a

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"runtime"
 	"testing"
 
 	"golang.org/x/crypto/hkdf"
@@ -109,22 +110,43 @@ func TestDestroy(t *testing.T) {
 	}
 }
 
-func TestReleaseZeroes(t *testing.T) {
-	for name, alloc := range map[string]func(int) ([]byte, func()){"heap": heapSecret, "platform": allocSecret} {
-		buf, release := alloc(SecretSize)
-		if len(buf) != SecretSize {
-			t.Fatalf("%s: %d bytes", name, len(buf))
+// TestSecretMemory: the secret lives in a secret.Buffer (excluded from
+// dumps on Linux), destroying the ceremony zeroes its shares' data, and the
+// PIN buffer holds the same PIN as DerivePIN.
+func TestSecretMemory(t *testing.T) {
+	c, err := NewCeremony(2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dontDump, _ := c.Secret.Protected(); runtime.GOOS == "linux" && !dontDump {
+		t.Error("the secret is not in memory excluded from core dumps")
+	}
+	pin := c.Secret.PINBuffer()
+	if want := c.Secret.DerivePIN(); !bytes.Equal(pin.Bytes(), want) || len(want) != 64 {
+		t.Fatalf("PINBuffer %d bytes differs from DerivePIN", pin.Len())
+	}
+	if runtime.GOOS == "linux" && (!pin.Mapped() || !pin.DontDump()) {
+		t.Error("the PIN buffer is not in memory excluded from core dumps")
+	}
+	pin.Destroy()
+	datas := make([][]byte, len(c.Shares))
+	for i, s := range c.Shares {
+		datas[i] = s.Data
+		if bytes.Equal(s.Data, make([]byte, len(s.Data))) {
+			t.Fatalf("share %d is zero before Destroy", i)
 		}
-		if name == "heap" {
-			copy(buf, bytes.Repeat([]byte{0xa5}, SecretSize))
-			release()
-			if !bytes.Equal(buf, make([]byte, SecretSize)) {
-				t.Fatalf("%s: release left data behind", name)
-			}
-			continue
+	}
+	c.Destroy()
+	c.Destroy() // idempotent
+	for i, d := range datas {
+		if !bytes.Equal(d, make([]byte, len(d))) {
+			t.Errorf("share %d's data survives Destroy", i)
 		}
-		// The platform buffer is unmapped by release; only exercise it.
-		copy(buf, bytes.Repeat([]byte{0xa5}, SecretSize))
-		release()
+	}
+	if c.Secret.PINBuffer() != nil {
+		t.Error("a destroyed secret still derives a PIN buffer")
+	}
+	if dontDump, locked := c.Secret.Protected(); dontDump || locked {
+		t.Error("a destroyed secret reports protected memory")
 	}
 }

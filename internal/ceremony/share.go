@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -55,9 +56,35 @@ type Share struct {
 // truncated hash only promises with high probability. Integrity against
 // forgery is not the checksum's job; the verifier catches a wrong secret.
 func (s Share) Encode() string {
-	body := fmt.Sprintf("%s%d-%x-%dof%d-%d-%s", sharePrefix, s.Version, s.CeremonyID[:],
-		s.Threshold, s.Total, s.Index, shareEncoding().EncodeToString(s.Data))
-	return fmt.Sprintf("%s-%08x", body, checksum(body))
+	text := s.AppendText(nil)
+	defer clear(text)
+	return string(text)
+}
+
+// AppendText appends the share's text (Encode's, without a newline) to dst
+// and returns the extended slice. Unlike Encode's string it can be zeroed:
+// write share files from it, then clear it. No other copy is made when dst
+// has room.
+func (s Share) AppendText(dst []byte) []byte {
+	// Room for everything up front: a growing append would leave a
+	// partial copy behind in the array it outgrew.
+	dst = slices.Grow(dst, len(sharePrefix)+3+1+2*len(s.CeremonyID)+1+3+2+3+1+3+1+shareEncoding().EncodedLen(len(s.Data))+1+8)
+	start := len(dst)
+	dst = append(dst, sharePrefix...)
+	dst = strconv.AppendUint(dst, uint64(s.Version), 10)
+	dst = append(dst, '-')
+	dst = hex.AppendEncode(dst, s.CeremonyID[:])
+	dst = append(dst, '-')
+	dst = strconv.AppendUint(dst, uint64(s.Threshold), 10)
+	dst = append(dst, "of"...)
+	dst = strconv.AppendUint(dst, uint64(s.Total), 10)
+	dst = append(dst, '-')
+	dst = strconv.AppendUint(dst, uint64(s.Index), 10)
+	dst = append(dst, '-')
+	dst = shareEncoding().AppendEncode(dst, s.Data)
+	sum := checksumBytes(dst[start:])
+	dst = append(dst, '-')
+	return hex.AppendEncode(dst, []byte{byte(sum >> 24), byte(sum >> 16), byte(sum >> 8), byte(sum)})
 }
 
 // ParseShare reads a share written by Encode. Surrounding whitespace and
@@ -112,16 +139,51 @@ func ParseShare(text string) (Share, error) {
 	}
 	s.Index = byte(index)
 
-	enc := shareEncoding()
-	data, err := enc.DecodeString(fields[4])
-	// Re-encoding rejects spellings the decoder tolerates (non-zero
-	// trailing bits), keeping one spelling per share.
-	if err != nil || len(data) == 0 || enc.EncodeToString(data) != fields[4] {
-		clear(data)
+	data, ok := decodeData(fields[4])
+	if !ok {
 		return Share{}, fmt.Errorf("%w: data", ErrShareFormat)
 	}
 	s.Data = data
 	return s, nil
+}
+
+// decodeData decodes the share's base32 data field into a fresh slice the
+// caller zeroes. Every intermediate copy is zeroed here: the decoder's
+// working copy of the text, and the re-encoding that proves the spelling
+// canonical (the decoder tolerates non-zero trailing bits; one spelling per
+// share is kept).
+func decodeData(field string) ([]byte, bool) {
+	enc := shareEncoding()
+	// DecodeString decodes in place in its own copy of the text and returns
+	// a prefix of it: zeroing up to the capacity zeroes that copy.
+	work, err := enc.DecodeString(field)
+	defer clear(work[:cap(work)])
+	if err != nil || len(work) == 0 {
+		return nil, false
+	}
+	data := make([]byte, len(work))
+	copy(data, work)
+	again := make([]byte, enc.EncodedLen(len(data)))
+	defer clear(again)
+	enc.Encode(again, data)
+	if !equalText(again, field) {
+		clear(data)
+		return nil, false
+	}
+	return data, true
+}
+
+// equalText compares b with s without converting either, in time that
+// depends only on their lengths.
+func equalText(b []byte, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	var diff byte
+	for i := range b {
+		diff |= b[i] ^ s[i]
+	}
+	return diff == 0
 }
 
 // String names the share without revealing its data.
@@ -142,9 +204,25 @@ func shareEncoding() *base32.Encoding {
 	return base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 }
 
+// castagnoli is the CRC-32C table.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checksum is CRC-32C of body, fed through a small stack buffer that is
+// zeroed afterwards: converting the whole text to []byte would leave a heap
+// copy of the share behind.
 func checksum(body string) uint32 {
-	return crc32.Checksum([]byte(body), crc32.MakeTable(crc32.Castagnoli))
+	var chunk [64]byte
+	var sum uint32
+	for len(body) > 0 {
+		n := copy(chunk[:], body)
+		sum = crc32.Update(sum, castagnoli, chunk[:n])
+		body = body[n:]
+	}
+	clear(chunk[:])
+	return sum
 }
+
+func checksumBytes(body []byte) uint32 { return crc32.Checksum(body, castagnoli) }
 
 // parseDecimal accepts 1–3 ASCII digits without a leading zero, at most limit.
 func parseDecimal(s string, limit int) (int, bool) {

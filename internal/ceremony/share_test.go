@@ -224,3 +224,20 @@ func flip(c byte) string {
 	}
 	return "a"
 }
+
+// TestAppendTextIsEncode: the zeroable text is byte for byte Encode's, and
+// appends after what dst holds.
+func TestAppendTextIsEncode(t *testing.T) {
+	c := newTestCeremony(t, 3, 5)
+	for _, s := range c.Shares {
+		got := s.AppendText([]byte("x:"))
+		if string(got[2:]) != s.Encode() || string(got[:2]) != "x:" {
+			t.Fatalf("AppendText %q, Encode %q", got, s.Encode())
+		}
+		back, err := ParseShare(string(got[2:]))
+		if err != nil || !bytes.Equal(back.Data, s.Data) || back.Index != s.Index {
+			t.Fatalf("round trip: %v", err)
+		}
+		clear(back.Data)
+	}
+}

@@ -24,13 +24,16 @@ import (
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/ceremony"
+	"github.com/custodysigner/appliance/internal/secret"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
 // Unsealer opens and closes the HSM side of the appliance.
 type Unsealer interface {
 	// Unseal logs in with pin, checks every key against its pinned public
-	// key and makes signing possible. It must not keep pin.
+	// key and makes signing possible. It must not keep pin: the slice is a
+	// secret.Buffer that is zeroed and unmapped when Unseal returns (a kept
+	// reference would fault); copy what must outlive the call.
 	Unseal(ctx context.Context, pin []byte) error
 	// Seal logs out and closes every HSM session.
 	Seal()
@@ -143,14 +146,16 @@ func (m *Manager) Start(ctx context.Context) error {
 
 func (m *Manager) autoUnseal(ctx context.Context) error {
 	m.log.Warn("AUTO-UNSEAL: the HSM PIN is taken without a quorum", zap.String("source", m.opts.AutoSource))
-	pin, err := m.opts.AutoPIN()
+	raw, err := m.opts.AutoPIN()
 	if err != nil {
 		return fmt.Errorf("auto-unseal: %w", err)
 	}
-	defer clear(pin)
+	// Out of the heap slice it arrived in, which Copy zeroes.
+	pin := secret.Copy(raw)
+	defer pin.Destroy()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.unsealLocked(ctx, pin); err != nil {
+	if err := m.unsealLocked(ctx, pin.Bytes()); err != nil {
 		return err
 	}
 	if err := m.st.RecordAudit(ctx, audit.Record{Kind: "unseal", Detail: "auto-unseal from " + m.opts.AutoSource,
@@ -260,6 +265,12 @@ type Progress struct {
 // SubmitShare adds one officer's share. At the threshold it combines the
 // shares, checks the result against the verifier, derives the PIN and
 // unseals. The share text never reaches a log, an error or the store.
+//
+// Memory: shares waiting for the quorum, the combined secret and the PIN
+// live in secret.Buffers (outside the Go heap, excluded from core dumps,
+// locked where RLIMIT_MEMLOCK allows) and are zeroed as soon as they are
+// no longer needed. text itself is a Go string (decoded from the request
+// body) and cannot be zeroed.
 func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progress, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -273,7 +284,7 @@ func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progre
 		return Progress{Sealed: false, Threshold: m.cer.Threshold}, nil
 	}
 	idx := shareIndex(text)
-	secret, have, err := m.progress.Add(text)
+	combined, have, err := m.progress.Add(text)
 	if err != nil {
 		// A refusal changes nothing, so it stands even if it cannot be audited.
 		m.event(ctx, audit.Record{Kind: "unseal_share_refused", Principal: officer, Detail: shareRefusal(err),
@@ -281,7 +292,7 @@ func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progre
 		m.log.Warn("unseal share refused", zap.String("officer", officer), zap.String("reason", shareRefusal(err)))
 		return m.progressNow(), apierr.Wrap(err, http.StatusUnprocessableEntity, apierr.CodeShareInvalid, "share refused: %s", shareRefusal(err))
 	}
-	if secret == nil {
+	if combined == nil {
 		rec := audit.Record{Kind: "unseal_share", Principal: officer, Detail: fmt.Sprintf("progress %d of %d", have, m.cer.Threshold),
 			Fields: map[string]string{"share_index": idx}}
 		if err := m.st.RecordAudit(ctx, rec); err != nil {
@@ -292,12 +303,15 @@ func (m *Manager) SubmitShare(ctx context.Context, officer, text string) (Progre
 		}
 		return m.progressNow(), nil
 	}
-	pin := secret.DerivePIN()
-	secret.Destroy()
-	defer clear(pin)
+	// The PIN goes from the combined secret into a secret.Buffer, and the
+	// secret is destroyed at once; the buffer is destroyed when the HSM has
+	// logged in (or refused). The Unsealer must not keep the slice.
+	pin := combined.PINBuffer()
+	combined.Destroy()
+	defer pin.Destroy()
 	quorum := audit.Record{Kind: "unseal", Principal: officer, Detail: fmt.Sprintf("quorum of %d shares", m.cer.Threshold),
 		Fields: map[string]string{"share_index": idx, "mode": "quorum"}}
-	if err := m.unsealLocked(ctx, pin); err != nil {
+	if err := m.unsealLocked(ctx, pin.Bytes()); err != nil {
 		m.event(ctx, audit.Record{Kind: "unseal_failed", Principal: officer, Detail: "the HSM refused the derived PIN or a key failed its check",
 			Fields: map[string]string{"share_index": idx}})
 		return m.progressNow(), apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "shares combined, but the HSM could not be opened: %s", unsealReason(err))

@@ -79,18 +79,42 @@ func evaluate(intercept byte, coeffs []byte, x byte) byte {
 
 // Combine recovers the secret from at least k distinct shares. With fewer
 // than k shares it returns a wrong secret: Shamir's scheme cannot tell, so
-// the caller must check the result against a verifier.
+// the caller must check the result against a verifier. The caller zeroes
+// the result; CombineInto writes it where the caller chooses instead.
 func Combine(shares [][]byte) ([]byte, error) {
 	if len(shares) < MinThreshold {
 		return nil, ErrTooFewShares
 	}
+	if len(shares[0]) < 2 {
+		return nil, fmt.Errorf("%w: share 0 is %d bytes, need at least 2", ErrInvalidShare, len(shares[0]))
+	}
+	secret := make([]byte, len(shares[0])-1)
+	if err := CombineInto(secret, shares); err != nil {
+		clear(secret)
+		return nil, err
+	}
+	return secret, nil
+}
+
+// CombineInto is Combine writing the secret into dst, which must be one
+// byte shorter than each share: secret memory the caller owns (outside the
+// Go heap, say), so no other copy of the secret is made. On error dst is
+// zeroed.
+func CombineInto(dst []byte, shares [][]byte) error {
+	clear(dst)
+	if len(shares) < MinThreshold {
+		return ErrTooFewShares
+	}
 	if len(shares) > MaxShares {
 		// 255 nonzero x-coordinates exist; more shares must repeat one.
-		return nil, fmt.Errorf("%w: %d shares", ErrDuplicateShare, len(shares))
+		return fmt.Errorf("%w: %d shares", ErrDuplicateShare, len(shares))
 	}
 	size := len(shares[0])
 	if size < 2 {
-		return nil, fmt.Errorf("%w: share 0 is %d bytes, need at least 2", ErrInvalidShare, size)
+		return fmt.Errorf("%w: share 0 is %d bytes, need at least 2", ErrInvalidShare, size)
+	}
+	if len(dst) != size-1 {
+		return fmt.Errorf("%w: shares carry %d bytes, the destination holds %d", ErrInvalidShare, size-1, len(dst))
 	}
 
 	// x-coordinates are public (they travel in the clear as share indexes),
@@ -99,14 +123,14 @@ func Combine(shares [][]byte) ([]byte, error) {
 	var seen [256]bool
 	for i, s := range shares {
 		if len(s) != size {
-			return nil, fmt.Errorf("%w: share %d is %d bytes, share 0 is %d", ErrInvalidShare, i, len(s), size)
+			return fmt.Errorf("%w: share %d is %d bytes, share 0 is %d", ErrInvalidShare, i, len(s), size)
 		}
 		x := s[size-1]
 		if x == 0 {
-			return nil, fmt.Errorf("%w: share %d has x-coordinate 0", ErrInvalidShare, i)
+			return fmt.Errorf("%w: share %d has x-coordinate 0", ErrInvalidShare, i)
 		}
 		if seen[x] {
-			return nil, fmt.Errorf("%w: x-coordinate %d given twice", ErrDuplicateShare, x)
+			return fmt.Errorf("%w: x-coordinate %d given twice", ErrDuplicateShare, x)
 		}
 		seen[x] = true
 		xs[i] = x
@@ -126,12 +150,13 @@ func Combine(shares [][]byte) ([]byte, error) {
 		weights[i] = w
 	}
 
-	secret := make([]byte, size-1)
+	// Accumulated in place: dst is the only memory that ever holds the
+	// secret (and partial sums of it).
 	for i, s := range shares {
 		w := weights[i]
-		for b := range secret {
-			secret[b] ^= gfMul(w, s[b])
+		for b := range dst {
+			dst[b] ^= gfMul(w, s[b])
 		}
 	}
-	return secret, nil
+	return nil
 }

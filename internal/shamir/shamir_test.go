@@ -237,3 +237,46 @@ func reversed(s [][]byte) [][]byte {
 	}
 	return out
 }
+
+// TestCombineInto: the secret is written into the caller's memory, equal
+// to Combine's; a destination of the wrong size or a bad share set is
+// refused and leaves the destination zeroed.
+func TestCombineInto(t *testing.T) {
+	secret := randomSecret(t, 32)
+	shares, err := Split(secret, 5, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := make([]byte, 32)
+	if err := CombineInto(dst, shares[1:4]); err != nil || !bytes.Equal(dst, secret) {
+		t.Fatalf("CombineInto = %x, %v", dst, err)
+	}
+	// Whatever dst held before is not mixed in.
+	for i := range dst {
+		dst[i] = 0xff
+	}
+	if err := CombineInto(dst, shares[:3]); err != nil || !bytes.Equal(dst, secret) {
+		t.Fatalf("CombineInto over stale bytes = %x, %v", dst, err)
+	}
+	for _, tt := range []struct {
+		name   string
+		dst    []byte
+		shares [][]byte
+		want   error
+	}{
+		{"short destination", make([]byte, 31), shares[:3], ErrInvalidShare},
+		{"long destination", make([]byte, 33), shares[:3], ErrInvalidShare},
+		{"one share", make([]byte, 32), shares[:1], ErrTooFewShares},
+		{"same x", make([]byte, 32), [][]byte{shares[0], shares[0]}, ErrDuplicateShare},
+	} {
+		for i := range tt.dst {
+			tt.dst[i] = 0xa5
+		}
+		if err := CombineInto(tt.dst, tt.shares); !errors.Is(err, tt.want) {
+			t.Errorf("%s: error %v, want %v", tt.name, err, tt.want)
+		}
+		if !bytes.Equal(tt.dst, make([]byte, len(tt.dst))) {
+			t.Errorf("%s: destination not zeroed on error", tt.name)
+		}
+	}
+}
