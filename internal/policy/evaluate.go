@@ -2,12 +2,12 @@ package policy
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"math"
 	"math/big"
 	"slices"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -17,8 +17,9 @@ import (
 // plan is what an Allow or NeedsApproval decision writes.
 type plan struct {
 	buckets []bucket
-	assets  []string            // canonical assets moved, sorted
-	totals  map[string]*big.Int // canonical asset → total moved by this transaction
+	assets  []string             // canonical assets moved, sorted
+	totals  map[string]*big.Int  // canonical asset → total moved by this transaction
+	heads   map[string]usageHead // canonical asset → newest usage row, when the windows read it
 }
 
 // Evaluate decides req under keyID's current rules inside tx, the caller's
@@ -46,39 +47,20 @@ func (e *Engine) Evaluate(ctx context.Context, tx *store.Tx, req Request) (Decis
 }
 
 // DryRun returns the decision Evaluate would make now and records nothing.
-// q may be a read-only connection or a transaction the caller rolls back.
+// q may be a read-only connection pool or a transaction the caller rolls
+// back. On a pool the reads run in one read transaction, so they see one
+// state of the database (the window sums take several statements).
 func (e *Engine) DryRun(ctx context.Context, q Queryer, req Request) (Decision, error) {
+	if db, ok := q.(*sql.DB); ok {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return Decision{}, fmt.Errorf("policy: dry run: %w", err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		q = tx
+	}
 	d, _, err := e.evaluate(ctx, q, req)
 	return d, err
-}
-
-// Release removes requestID's window usage: for a request whose approval was
-// rejected or expired, or whose signing failed and will not be retried.
-// Rate-limit tokens are not refunded (the request was still made). Releasing
-// an unknown or already released request does nothing.
-func (e *Engine) Release(ctx context.Context, tx *store.Tx, requestID string) error {
-	if _, err := tx.ExecContext(ctx, `DELETE FROM policy_usage WHERE request_id = ?`, requestID); err != nil {
-		return fmt.Errorf("policy: release usage of %s: %w", requestID, err)
-	}
-	return nil
-}
-
-// Prune deletes at most limit usage rows recorded at or before before, and
-// returns how many it deleted. It is maintenance, run in its own short
-// transactions (the bound keeps each one short): pass a time older than the
-// longest window any key's rules use, or a later rules version with a longer
-// window would see less history than happened.
-func Prune(ctx context.Context, tx *store.Tx, before time.Time, limit int) (int64, error) {
-	res, err := tx.ExecContext(ctx, `DELETE FROM policy_usage WHERE rowid IN
-		(SELECT rowid FROM policy_usage WHERE at <= ? LIMIT ?)`, before.UTC().UnixNano(), limit)
-	if err != nil {
-		return 0, fmt.Errorf("policy: prune usage: %w", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("policy: prune usage: %w", err)
-	}
-	return n, nil
 }
 
 func record(ctx context.Context, tx *store.Tx, req Request, p plan) error {
@@ -87,14 +69,17 @@ func record(ctx context.Context, tx *store.Tx, req Request, p plan) error {
 			return err
 		}
 	}
-	at := req.Now.UTC().UnixNano()
+	now := req.Now.UTC().UnixNano()
 	for _, a := range p.assets {
 		if p.totals[a].Sign() == 0 {
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO policy_usage (request_id, key_id, asset, amount, at)
-			VALUES (?, ?, ?, ?, ?)`, req.RequestID, req.KeyID, a, p.totals[a].String(), at); err != nil {
-			return fmt.Errorf("policy: record usage of %s: %w", req.RequestID, err)
+		var head *usageHead
+		if h, ok := p.heads[a]; ok {
+			head = &h
+		}
+		if err := appendUsage(ctx, tx, req.RequestID, req.KeyID, a, p.totals[a], now, head); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -314,26 +299,29 @@ func (ev *evaluation) allowlist() (unlisted []string, d Decision, refused bool, 
 	return unlisted, Decision{}, false, nil
 }
 
-// windows sums, per asset, the usage inside the asset's longest window in
-// one index range scan, and checks every window of that asset against it.
+// windows reads, per asset, the usage inside each of the asset's windows
+// (index seeks, see usage.go) and checks each window against it.
 func (ev *evaluation) windows() (Decision, bool, error) {
 	now := ev.req.Now.UTC().UnixNano()
 	for _, a := range ev.p.assets {
 		total := ev.p.totals[a]
 		var ws []window
-		var longest time.Duration
 		for _, w := range ev.c.windows {
 			if w.asset == a {
-				ws, longest = append(ws, w), max(longest, w.d)
+				ws = append(ws, w)
 			}
 		}
 		if len(ws) == 0 || total.Sign() == 0 {
 			continue
 		}
-		used, err := windowUsage(ev.ctx, ev.q, ev.req.KeyID, a, now, longest, ws)
+		used, head, err := windowUsage(ev.ctx, ev.q, ev.req.KeyID, a, now, ws)
 		if err != nil {
 			return Decision{}, false, err
 		}
+		if ev.p.heads == nil {
+			ev.p.heads = map[string]usageHead{}
+		}
+		ev.p.heads[a] = head
 		for i, w := range ws {
 			after := new(big.Int).Add(used[i], total)
 			if after.Cmp(w.max) > 0 {
@@ -343,42 +331,6 @@ func (ev *evaluation) windows() (Decision, bool, error) {
 		}
 	}
 	return Decision{}, false, nil
-}
-
-// windowUsage returns, for each of ws, the amount recorded in (now-d, now]
-// and also anything recorded after now (a clock that stepped back must not
-// hide usage). Rows older than the longest window are not read at all.
-func windowUsage(ctx context.Context, q Queryer, keyID, asset string, now int64, longest time.Duration, ws []window) ([]*big.Int, error) {
-	used := make([]*big.Int, len(ws))
-	for i := range used {
-		used[i] = new(big.Int)
-	}
-	rows, err := q.QueryContext(ctx, `SELECT at, amount FROM policy_usage
-		WHERE key_id = ? AND asset = ? AND at > ?`, keyID, asset, now-int64(longest))
-	if err != nil {
-		return nil, fmt.Errorf("policy: read window usage of %q %s: %w", keyID, asset, err)
-	}
-	defer rows.Close()
-	v := new(big.Int)
-	for rows.Next() {
-		var at int64
-		var amount string
-		if err := rows.Scan(&at, &amount); err != nil {
-			return nil, fmt.Errorf("policy: read window usage of %q %s: %w", keyID, asset, err)
-		}
-		if _, ok := v.SetString(amount, 10); !ok || v.Sign() < 0 {
-			return nil, fmt.Errorf("policy: usage amount %q of %q %s: %w", amount, keyID, asset, ErrCorrupt)
-		}
-		for i, w := range ws {
-			if at > now-int64(w.d) {
-				used[i].Add(used[i], v)
-			}
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("policy: read window usage of %q %s: %w", keyID, asset, err)
-	}
-	return used, nil
 }
 
 func (ev *evaluation) rates() (Decision, bool, error) {

@@ -22,9 +22,11 @@ import (
 var migrationFiles embed.FS
 
 // goSteps run after a migration's SQL, in the same transaction, for what SQL
-// cannot do (hashing). Like the SQL files, a released step never changes.
+// cannot do (hashing, 256-bit sums). Like the SQL files, a released step
+// never changes.
 var goSteps = map[int]func(ctx context.Context, tx *Tx) error{
 	7: chainExistingEvents,
+	9: sumPolicyUsage,
 }
 
 type migration struct {

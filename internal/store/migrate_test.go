@@ -6,8 +6,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"database/sql"
+	"errors"
 	"fmt"
+	"math"
+	"math/big"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 
@@ -16,7 +20,8 @@ import (
 
 // atSchema builds a database at schema version v, the way a binary of that
 // release left it, with data in the tables that version had: a key, a
-// signed request and (from version 2) an event.
+// signed request, (from version 2) an event and (from version 4) policy
+// window usage, oldUsage().
 func atSchema(t *testing.T, path string, v int) {
 	t.Helper()
 	ms, err := loadMigrations()
@@ -71,12 +76,158 @@ func atSchema(t *testing.T, path string, v int) {
 			}
 		}
 	}
+	switch {
+	case v >= 9:
+		// Running totals per (key_id, asset), rows in at order, as the
+		// policy appends them.
+		rows := oldUsage()
+		sort.SliceStable(rows, func(i, j int) bool {
+			a, b := rows[i], rows[j]
+			if a.key != b.key || a.asset != b.asset {
+				return a.key+"/"+a.asset < b.key+"/"+b.asset
+			}
+			return a.at < b.at
+		})
+		cum := map[string]*big.Int{}
+		for _, u := range rows {
+			c := cum[u.key+"/"+u.asset]
+			if c == nil {
+				c = new(big.Int)
+				cum[u.key+"/"+u.asset] = c
+			}
+			c.Add(c, u.amount)
+			exec(`INSERT INTO policy_usage (request_id, key_id, asset, amount, at, cum) VALUES (?, ?, ?, ?, ?, ?)`,
+				u.req, u.key, u.asset, u.amount.String(), u.at, c.String())
+		}
+	case v >= 4:
+		for _, u := range oldUsage() {
+			exec(`INSERT INTO policy_usage (request_id, key_id, asset, amount, at) VALUES (?, ?, ?, ?, ?)`,
+				u.req, u.key, u.asset, u.amount.String(), u.at)
+		}
+	}
+}
+
+// usageRow is one policy_usage row as schema 4..8 held it.
+type usageRow struct {
+	req, key, asset string
+	amount          *big.Int
+	at              int64
+}
+
+// oldUsage is the policy window usage atSchema leaves: two keys, two
+// assets, amounts up to 2^256, rows sharing an at, and a clock that stepped
+// back (insertion order is not at order).
+func oldUsage() []usageRow {
+	var rows []usageRow
+	at := int64(1_900_000_000_000_000_000) // 2030, in unix nanoseconds
+	for i := range 600 {
+		switch {
+		case i%97 == 13:
+			at -= 40 * 60e9 // back 40 minutes
+		case i%5 == 0: // the same instant as the previous row
+		default:
+			at += int64(i%7+1) * 17e9
+		}
+		amount := new(big.Int).Lsh(big.NewInt(int64(i%13+1)), uint(i*37%250))
+		if i%50 == 0 {
+			amount.Sub(new(big.Int).Lsh(big.NewInt(1), 256), big.NewInt(int64(i)))
+		}
+		rows = append(rows, usageRow{req: fmt.Sprintf("req-%04d", i), key: []string{"eth-old", "eth-two"}[i%2],
+			asset: []string{"eth", "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"}[i/2%2], amount: amount, at: at})
+	}
+	return rows
+}
+
+// checkMigratedUsage: the usage rows are all there, per (key_id, asset) in
+// at order with consistent running totals, and every window sum read the
+// way the policy reads it (the newest row's running total minus that of the
+// newest row at or before now-d, two index seeks) equals the schema-8 sum
+// of the rows with at > now-d.
+func checkMigratedUsage(t *testing.T, s *Store) {
+	t.Helper()
+	ctx := context.Background()
+	want := oldUsage()
+	var n, old int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM policy_usage`).Scan(&n); err != nil || n != len(want) {
+		t.Fatalf("%d usage rows after migrating (%v); want %d", n, err, len(want))
+	}
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE name = 'policy_usage_v8'`).Scan(&old); err != nil || old != 0 {
+		t.Fatalf("the schema-8 usage table is still there (%v)", err)
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT key_id, asset, amount, at, cum FROM policy_usage ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type last struct {
+		at  int64
+		cum *big.Int
+	}
+	groups := map[string]last{}
+	for rows.Next() {
+		var key, asset, amount, cum string
+		var at int64
+		if err := rows.Scan(&key, &asset, &amount, &at, &cum); err != nil {
+			t.Fatal(err)
+		}
+		a, _ := new(big.Int).SetString(amount, 10)
+		c, ok := new(big.Int).SetString(cum, 10)
+		prev, seen := groups[key+"/"+asset]
+		if !seen {
+			prev.cum = new(big.Int)
+		}
+		if !ok || a == nil || new(big.Int).Add(prev.cum, a).Cmp(c) != 0 || (seen && at < prev.at) {
+			t.Fatalf("usage row %s %s amount %s at %d cum %s after at %d cum %s", key, asset, amount, at, cum, prev.at, prev.cum)
+		}
+		groups[key+"/"+asset] = last{at, c}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	cumAt := func(key, asset string, t0 int64) *big.Int {
+		t.Helper()
+		var cum string
+		err := s.r.QueryRowContext(ctx, `SELECT cum FROM policy_usage WHERE key_id = ? AND asset = ? AND at <= ?
+			ORDER BY at DESC, seq DESC LIMIT 1`, key, asset, t0).Scan(&cum)
+		if errors.Is(err, sql.ErrNoRows) {
+			return new(big.Int)
+		}
+		c, ok := new(big.Int).SetString(cum, 10)
+		if err != nil || !ok {
+			t.Fatalf("running total of %s %s at %d: %q %v", key, asset, t0, cum, err)
+		}
+		return c
+	}
+	checked := 0
+	for _, g := range []struct{ key, asset string }{{"eth-old", "eth"}, {"eth-two", "eth"},
+		{"eth-old", "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"}, {"eth-two", "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"}} {
+		for i := 0; i < len(want); i += 7 {
+			for _, d := range []int64{60e9, 600e9, 3600e9, 86400e9} {
+				now := want[i].at + int64(i%3-1)*30e9
+				before := new(big.Int)
+				for _, u := range want {
+					if u.key == g.key && u.asset == g.asset && u.at > now-d {
+						before.Add(before, u.amount)
+					}
+				}
+				after := new(big.Int).Sub(cumAt(g.key, g.asset, math.MaxInt64), cumAt(g.key, g.asset, now-d))
+				if after.Cmp(before) != 0 {
+					t.Fatalf("%s %s window %ds at %d: %s after migrating, %s before", g.key, g.asset, d/1e9, now, after, before)
+				}
+				checked++
+			}
+		}
+	}
+	if checked < 1000 {
+		t.Fatalf("only %d window sums compared", checked)
+	}
 }
 
 // TestMigrationFromEverySchema: a database left by every earlier release
 // opens with this binary, is backed up first, migrates to the newest schema,
-// keeps its data, passes the integrity check, and has an audit chain that
-// verifies.
+// keeps its data, passes the integrity check, has an audit chain that
+// verifies, and has the same policy window sums as before (schema 9 added
+// running totals to the usage rows).
 func TestMigrationFromEverySchema(t *testing.T) {
 	ms, err := loadMigrations()
 	if err != nil {
@@ -105,6 +256,9 @@ func TestMigrationFromEverySchema(t *testing.T) {
 			r, err := s.GetRequest(ctx, "req_old")
 			if err != nil || r.State != StateSigned || r.TxHash != "0xfeed" || r.IdempotencyKey != "idem-old" {
 				t.Fatalf("request after migrating: %+v %v", r, err)
+			}
+			if v >= 4 {
+				checkMigratedUsage(t, s)
 			}
 			if err := s.RecordEvent(ctx, "start", "", "after the upgrade"); err != nil {
 				t.Fatal(err)
