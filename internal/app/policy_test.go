@@ -73,6 +73,14 @@ func TestPolicyWindowLimitThroughAPI(t *testing.T) {
 	if countState(t, q.env, store.StateDenied) != before {
 		t.Fatal("the dry run recorded something")
 	}
+	// The dry run refuses a chain that is not the key's, as /v1/sign does.
+	wrong := signBody(unsignedEIP1559(t, 1337, 999, to, big.NewInt(1)), "dry-chain")
+	wrong["chain"] = "bitcoin"
+	for _, path := range []string{"/v1/policy/evaluate", "/v1/sign"} {
+		if a := q.must(c, "POST", path, wrong); a.status != http.StatusUnprocessableEntity || a.code(t) != "wrong_network" {
+			t.Fatalf("%s with chain bitcoin for an Ethereum key: %d %s", path, a.status, a.body)
+		}
+	}
 
 	// The window's usage survives a restart.
 	q.stop()

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/big"
 	"regexp"
@@ -105,7 +106,8 @@ func ParseRules(data []byte) (Rules, error) {
 	if err := dec.Decode(&r); err != nil {
 		return Rules{}, fmt.Errorf("policy: decode rules: %v: %w", err, ErrInvalidRules)
 	}
-	if dec.More() {
+	// Anything after the object, even a stray bracket, is refused.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Rules{}, fmt.Errorf("policy: trailing data after rules: %w", ErrInvalidRules)
 	}
 	if err := r.Validate(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/custodysigner/appliance/internal/access"
@@ -40,6 +41,10 @@ func (s *Service) Evaluate(ctx context.Context, p *access.Principal, req Request
 	}
 	if !p.Granted(key.ID) && !p.Has(access.RoleOfficer) {
 		return nil, apierr.New(http.StatusForbidden, apierr.CodeForbidden, "key %q is not granted to %s", key.ID, p.Name)
+	}
+	// As Sign: a request naming another chain than the key's is refused.
+	if req.Chain != "" && !strings.EqualFold(req.Chain, key.Chain) {
+		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeWrongNetwork, "key %q signs for chain %q, not %q", key.ID, key.Chain, req.Chain)
 	}
 	prep, err := s.prepare(key, req)
 	if err != nil {
