@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -111,17 +112,27 @@ func (s *Server) sign(c echo.Context) error {
 		return err
 	}
 	c.Set("key_id", b.KeyID)
-	res, err := s.deps.Signer.Sign(c.Request().Context(), principalOf(c), signing.Request(b))
+	status, body, err := s.signOne(c.Request().Context(), principalOf(c), b)
 	if err != nil {
 		return err
 	}
-	c.Set("request_id", res.RequestID)
-	if res.State == store.StatePendingApproval {
-		return c.JSON(http.StatusAccepted, SignedBody{RequestID: res.RequestID, State: res.State, Digest: res.Digest,
-			ApprovalsRequired: res.ApprovalsRequired, Approvals: []string{}})
+	c.Set("request_id", body.RequestID)
+	return c.JSON(status, body)
+}
+
+// signOne is one sign request, answered: the status and body of POST
+// /v1/sign, or its error. POST /v1/sign/batch calls it for each item.
+func (s *Server) signOne(ctx context.Context, p *access.Principal, b SignBody) (int, SignedBody, error) {
+	res, err := s.deps.Signer.Sign(ctx, p, signing.Request(b))
+	if err != nil {
+		return 0, SignedBody{}, err
 	}
-	return c.JSON(http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx,
-		TxHash: res.TxHash, TxID: res.TxID, PSBT: res.PSBT})
+	if res.State == store.StatePendingApproval {
+		return http.StatusAccepted, SignedBody{RequestID: res.RequestID, State: res.State, Digest: res.Digest,
+			ApprovalsRequired: res.ApprovalsRequired, Approvals: []string{}}, nil
+	}
+	return http.StatusOK, SignedBody{RequestID: res.RequestID, State: res.State, SignedTx: res.SignedTx,
+		TxHash: res.TxHash, TxID: res.TxID, PSBT: res.PSBT}, nil
 }
 
 // evaluate answers what /v1/sign would decide, recording nothing.
@@ -305,8 +316,11 @@ func requestBody(r store.Request) RequestBody {
 
 // decodeJSON strictly decodes one JSON object: unknown fields and trailing
 // data are errors, so a typo in a field name is never silently ignored.
-func decodeJSON(c echo.Context, v any) error {
-	dec := json.NewDecoder(c.Request().Body)
+func decodeJSON(c echo.Context, v any) error { return decodeStrict(c.Request().Body, v) }
+
+// decodeStrict is decodeJSON over any reader (a batch's items).
+func decodeStrict(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		var he *echo.HTTPError

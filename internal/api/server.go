@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
-	"github.com/labstack/echo/v4/middleware"
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/access"
@@ -123,7 +122,7 @@ func New(d Deps) (*Server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(d.Log, d.OnDenied)
 	s := &Server{deps: d, e: e}
-	e.Use(s.recoverer, s.requestContext, middleware.BodyLimit(bodyLimit(d.HTTP.MaxBodyBytes)))
+	e.Use(s.recoverer, s.requestContext, s.limitBody())
 
 	v1 := e.Group("/v1")
 	v1.GET("/health", s.health)
@@ -131,6 +130,7 @@ func New(d Deps) (*Server, error) {
 	v1.GET("/keys", s.listKeys, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.GET("/keys/:id", s.getKey, s.requireAny(access.RoleClient, access.RoleOfficer, access.RoleAuditor))
 	v1.POST("/sign", s.sign, s.requireAny(access.RoleClient))
+	v1.POST("/sign/batch", s.signBatch, s.requireAny(access.RoleClient))
 	v1.GET("/requests", s.listRequests, s.requireAny(access.RoleOfficer, access.RoleAuditor))
 	v1.GET("/requests/:id", s.getRequest, s.registered)
 	v1.POST("/requests/:id/approvals", s.approveRequest, s.requireAny(access.RoleOfficer))

@@ -251,6 +251,10 @@ type HTTP struct {
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
 	MaxHeaderBytes  int      `yaml:"max_header_bytes"`
+	// SignBatchMax is how many sign requests one POST /v1/sign/batch may
+	// carry (1..1024, default 64); its body may be up to 64 KiB per
+	// request, and never less than MaxBodyBytes.
+	SignBatchMax int `yaml:"sign_batch_max"`
 }
 
 // Principal registers a client identity (a certificate's first URI SAN, else
@@ -424,6 +428,9 @@ func (c *Config) applyDefaults() {
 	if h.MaxHeaderBytes == 0 {
 		h.MaxHeaderBytes = 16 << 10
 	}
+	if h.SignBatchMax == 0 {
+		h.SignBatchMax = 64
+	}
 }
 
 func (c *Config) validate() error {
@@ -454,6 +461,9 @@ func (c *Config) validate() error {
 	}
 	if c.HTTP.MaxBodyBytes < 1024 || c.HTTP.MaxBodyBytes > 64<<20 {
 		bad("http.max_body_bytes: %d is outside 1 KiB..64 MiB", c.HTTP.MaxBodyBytes)
+	}
+	if c.HTTP.SignBatchMax < 1 || c.HTTP.SignBatchMax > 1024 {
+		bad("http.sign_batch_max: %d is outside 1..1024", c.HTTP.SignBatchMax)
 	}
 	if c.Freeze.AfterRecordFailures < 0 || c.Freeze.AfterDenials < 0 {
 		bad("freeze: thresholds must be positive (use a large number to make a trigger unreachable)")
