@@ -484,8 +484,10 @@ func (c *Config) validate() error {
 		bad("health.checkpoint_age_max (%s) is shorter than audit.checkpoint_interval (%s): its alert would be raised between any two checkpoints",
 			hl.CheckpointAgeMax.D(), c.Audit.CheckpointInterval.D())
 	}
-	if c.Health.HSMErrorRateMax > 1 || c.Health.MinFreeDiskPercent > 100 {
-		bad("health: hsm_error_rate_max is a fraction (at most 1) and min_free_disk_percent a percentage (at most 100)")
+	// Written as "!(0 <= x <= max)" so that NaN, which compares false with
+	// everything and would silently disable the alert, is refused too.
+	if hl := c.Health; !(hl.HSMErrorRateMax >= 0 && hl.HSMErrorRateMax <= 1) || !(hl.MinFreeDiskPercent >= 0 && hl.MinFreeDiskPercent <= 100) {
+		bad("health: hsm_error_rate_max is a fraction (0 to 1) and min_free_disk_percent a percentage (0 to 100)")
 	}
 	for i, l := range c.Screening.Lists {
 		if l.Name == "" || l.Path == "" || (l.Chain != "ethereum" && l.Chain != "bitcoin") {
