@@ -96,13 +96,9 @@ func (e *Engine) evaluate(ctx context.Context, q Queryer, req Request) (Decision
 	if err != nil {
 		return Decision{}, plan{}, err
 	}
-	rules, version, err := CurrentRules(ctx, q, req.KeyID)
+	c, version, err := e.currentCompiled(ctx, q, req.KeyID)
 	if err != nil {
 		return Decision{}, plan{}, err
-	}
-	c, err := rules.compile()
-	if err != nil {
-		return Decision{}, plan{}, fmt.Errorf("policy: rules v%d for %q: %w: %w", version, req.KeyID, ErrCorrupt, err)
 	}
 	ev := evaluation{ctx: ctx, q: q, req: req, c: c, p: &p}
 	d, err := ev.run()

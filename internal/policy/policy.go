@@ -17,6 +17,7 @@ import (
 	"database/sql"
 	"errors"
 	"math/big"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -149,6 +150,9 @@ type Queryer interface {
 type Engine struct {
 	log *zap.Logger
 	now func() time.Time
+
+	compiledMu sync.Mutex
+	compiled   map[string]compiledRules // key id → its current rules, compiled (see currentCompiled)
 }
 
 // Option configures an Engine.

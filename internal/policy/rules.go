@@ -334,8 +334,7 @@ func SetRules(ctx context.Context, tx *store.Tx, keyID string, r Rules, by strin
 func CurrentRules(ctx context.Context, q Queryer, keyID string) (Rules, int, error) {
 	var body string
 	var v int
-	err := q.QueryRowContext(ctx, `SELECT version, rules FROM policy_rules WHERE key_id = ?
-		ORDER BY version DESC LIMIT 1`, keyID).Scan(&v, &body)
+	err := q.QueryRowContext(ctx, currentRulesQuery, keyID).Scan(&v, &body)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Rules{}, 0, nil
 	}
@@ -348,6 +347,57 @@ func CurrentRules(ctx context.Context, q Queryer, keyID string) (Rules, int, err
 	}
 	return r, v, nil
 }
+
+// currentCompiled is CurrentRules, compiled. The stored text of each key's
+// current rules is read on every evaluation (inside the caller's transaction,
+// so a change committed by anyone is seen at once); parsing and compiling it
+// is skipped when the text is the one compiled last time for that key.
+// A compiled rule set is never modified after compile returns.
+func (e *Engine) currentCompiled(ctx context.Context, q Queryer, keyID string) (*compiled, int, error) {
+	var body string
+	var v int
+	err := q.QueryRowContext(ctx, currentRulesQuery, keyID).Scan(&v, &body)
+	if errors.Is(err, sql.ErrNoRows) {
+		c, err := Rules{}.compile()
+		return c, 0, err
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("policy: read rules for %q: %w", keyID, err)
+	}
+	e.compiledMu.Lock()
+	hit, ok := e.compiled[keyID]
+	e.compiledMu.Unlock()
+	if ok && hit.version == v && hit.body == body {
+		return hit.c, v, nil
+	}
+	r, err := decodeStored(body)
+	if err != nil {
+		return nil, 0, fmt.Errorf("policy: rules v%d for %q: %w", v, keyID, err)
+	}
+	c, err := r.compile()
+	if err != nil {
+		return nil, 0, fmt.Errorf("policy: rules v%d for %q: %w: %w", v, keyID, ErrCorrupt, err)
+	}
+	e.compiledMu.Lock()
+	if e.compiled == nil || len(e.compiled) >= maxCompiled {
+		e.compiled = map[string]compiledRules{}
+	}
+	e.compiled[keyID] = compiledRules{version: v, body: body, c: c}
+	e.compiledMu.Unlock()
+	return c, v, nil
+}
+
+// maxCompiled bounds the compiled rules kept (one set per key in use).
+const maxCompiled = 4096
+
+type compiledRules struct {
+	version int
+	body    string
+	c       *compiled
+}
+
+const currentRulesQuery = `SELECT version, rules FROM policy_rules WHERE key_id = ?
+		ORDER BY version DESC LIMIT 1`
 
 // RulesVersion returns one recorded version of keyID's rules, or an error
 // wrapping ErrNotFound.

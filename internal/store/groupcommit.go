@@ -220,7 +220,13 @@ func (s *Store) runBatch(batch []*writeJob) (requeue []*writeJob) {
 
 // writeTxSolo is one caller's own transaction.
 func (s *Store) writeTxSolo(ctx context.Context, fn func(tx *Tx) error) (error, any) {
-	tx, err := s.w.BeginTx(ctx, nil)
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store: begin write: %w", err), nil
+	}
+	// Not bound to ctx, for the same reason as a batch (see detached); it
+	// also spares database/sql a watcher goroutine per transaction and per
+	// query, which the profile of the signing path showed.
+	tx, err := s.w.BeginTx(context.Background(), nil)
 	if err != nil {
 		return fmt.Errorf("store: begin write: %w", err), nil
 	}
