@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GOTEST  := go test -race -count=1 -timeout 14m
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit smoke deps fuzz fuzz-short bench vet fmt clean deb deb-test systemd-check systemd-live
+.PHONY: all build run test unit smoke deps fuzz fuzz-short bench bench-harness vet fmt clean deb deb-test systemd-check systemd-live
 
 all: build
 
@@ -41,17 +41,26 @@ vet:
 smoke: build
 	@scripts/smoke.sh
 
-## fuzz-short: every fuzz target briefly (CI); fuzz: each for FUZZTIME
+## fuzz-short: every fuzz target briefly (CI: 3s each, about 3.5 minutes for 35 targets; the seed
+## corpora in testdata/fuzz also run in `unit`); fuzz: each for FUZZTIME. scripts/fuzz.sh lists its
+## options, e.g. make fuzz FUZZTIME=30s FUZZ_ONLY='internal/api ' FUZZ_REPORT=var/fuzz.tsv
 fuzz-short:
 	@FUZZTIME=3s scripts/fuzz.sh
 
 fuzz: deps
 	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
-## bench: Go benchmarks of the hot paths (figures go to docs/BENCHMARKS.md by hand, with this command)
+## bench: Go benchmarks of the hot paths (figures go to docs/BENCHMARKS.md by hand, with this command),
+## then the end-to-end harness (scripts/bench.sh), which writes its own section of docs/BENCHMARKS.md
 bench: deps
 	@mkdir -p var
-	go test -run '^$$' -bench . -benchmem -count 5 ./... | tee var/bench.txt
+	set -o pipefail; go test -run '^$$' -bench . -benchmem -count 5 ./... | tee var/bench.txt
+	@BENCH_COMMAND="make bench" scripts/bench.sh
+
+## bench-harness: the end-to-end harness alone (about 8 minutes); BENCH_ARGS passes options,
+## e.g. make bench-harness BENCH_ARGS="--duration 2s --rounds 1 --no-doc" (scripts/bench.sh lists them)
+bench-harness: deps
+	@BENCH_COMMAND="make bench-harness$(if $(BENCH_ARGS), BENCH_ARGS='$(BENCH_ARGS)')" scripts/bench.sh $(BENCH_ARGS)
 
 ## deb: dist/appliance_<version>_<arch>.deb, built with nfpm from packaging/ (packaging/README.md)
 deb: deps
