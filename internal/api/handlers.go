@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -326,6 +327,11 @@ func decodeStrict(r io.Reader, v any) error {
 		var he *echo.HTTPError
 		if errors.As(err, &he) {
 			return he // body limit
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// The connection's read deadline (http.read_timeout) passed
+			// while the body was still arriving: a slow body.
+			return apierr.Wrap(err, http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive within the read timeout")
 		}
 		return apierr.Wrap(err, http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: %v", err)
 	}

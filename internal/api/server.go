@@ -108,6 +108,9 @@ type Server struct {
 
 	routesOnce sync.Once
 	routes     map[string]bool // "METHOD /path" of every registered route
+
+	rate     *rateLimiter // nil: http.rate_per_principal is off
+	inflight inFlight
 }
 
 // New builds the server and its routes.
@@ -122,6 +125,13 @@ func New(d Deps) (*Server, error) {
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(d.Log, d.OnDenied)
 	s := &Server{deps: d, e: e}
+	if d.HTTP.RatePerPrincipal > 0 {
+		s.rate = newRateLimiter(d.HTTP.RatePerPrincipal, d.HTTP.RateBurst, maxRateBuckets)
+	}
+	s.inflight.max = math.MaxInt64 - OfficerReserve // off unless configured
+	if d.HTTP.MaxInFlight > 0 {
+		s.inflight.max = int64(d.HTTP.MaxInFlight)
+	}
 	e.Use(s.recoverer, s.requestContext, s.limitBody())
 
 	v1 := e.Group("/v1")
@@ -157,10 +167,23 @@ func New(d Deps) (*Server, error) {
 		e.GET(DashboardPath, s.dashboard, s.requireAny(DashboardRoles...))
 	}
 
+	readHeader := d.HTTP.ReadHeaderTimeout.D()
+	if readHeader <= 0 {
+		readHeader = d.HTTP.ReadTimeout.D()
+	}
+	// HTTP/1.1 only: one request at a time per connection, so the
+	// in-flight bound is also a bound on connections doing work, and the
+	// header and body timeouts mean what they say. HTTP/2 is not offered
+	// (ALPN "http/1.1"): its multiplexing adds attack surface (stream
+	// floods, rapid reset, CONTINUATION and HPACK floods) that the API's
+	// clients gain nothing from.
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
 	s.http = &http.Server{
 		Handler:           e,
 		TLSConfig:         d.TLS,
-		ReadHeaderTimeout: d.HTTP.ReadTimeout.D(),
+		Protocols:         &protocols,
+		ReadHeaderTimeout: readHeader,
 		ReadTimeout:       d.HTTP.ReadTimeout.D(),
 		WriteTimeout:      d.HTTP.WriteTimeout.D(),
 		IdleTimeout:       d.HTTP.IdleTimeout.D(),
@@ -187,6 +210,19 @@ func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ct
 // Handler exposes the routes (for tests that bring their own transport).
 func (s *Server) Handler() http.Handler { return s.e }
 
+// Route is one registered endpoint.
+type Route struct{ Method, Path string }
+
+// Routes lists every registered endpoint (the RBAC matrix test walks them,
+// so an endpoint without an entry there fails it).
+func (s *Server) Routes() []Route {
+	var out []Route
+	for _, r := range s.e.Routes() {
+		out = append(out, Route{Method: r.Method, Path: r.Path})
+	}
+	return out
+}
+
 func bodyLimit(n int64) string { return fmt.Sprintf("%dB", n) }
 
 // requestContext names the request, finds the principal from the verified
@@ -200,15 +236,22 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 		c.Response().Header().Set(echo.HeaderXRequestID, rid)
 		fields := []zap.Field{zap.String("http_request_id", rid), zap.String("method", req.Method), zap.String("path", req.URL.Path)}
 		var p *access.Principal
+		var name string
 		if req.TLS != nil && len(req.TLS.PeerCertificates) > 0 {
-			name := access.PrincipalName(req.TLS.PeerCertificates[0])
+			name = access.PrincipalName(req.TLS.PeerCertificates[0])
 			fields = append(fields, zap.String("principal", name))
 			p = s.deps.Access.Lookup(name)
 		}
 		log := s.deps.Log.With(fields...)
 		c.Set("log", log)
 		c.Set("principal", p)
-		err := next(c)
+		// The bounds come first: a refused request costs no body read, no
+		// handler and no store work.
+		release, err := s.admit(c, name, p, log)
+		if err == nil {
+			defer release()
+			err = next(c)
+		}
 		if err != nil {
 			c.Error(err)
 		}
@@ -231,6 +274,10 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 			s.deps.Observe(s.outcome(c, status, time.Since(start)))
 		}
 		switch {
+		case c.Get("limited") != nil:
+			// Refused by a bound (rate, in flight): a flood of these must not
+			// flood the log too; admit warns once a minute, metrics count them.
+			log.Debug("request", lf...)
 		case status >= 500:
 			log.Error("request", lf...)
 		case status >= 400:
@@ -343,7 +390,7 @@ func errorHandler(log *zap.Logger, onDenied func(principal, code string)) echo.H
 		if p := principalOf(c); ae.Status == http.StatusForbidden && p != nil && onDenied != nil {
 			onDenied(p.Name, ae.Code)
 		}
-		if ae.Code == apierr.CodeRateLimited {
+		if ae.Code == apierr.CodeRateLimited || ae.RetryAfter > 0 {
 			secs := int(math.Ceil(ae.RetryAfter.Seconds()))
 			c.Response().Header().Set("Retry-After", strconv.Itoa(max(secs, 1)))
 		}

@@ -47,6 +47,7 @@ type App struct {
 	checker  *health.Checker
 	notifier *health.Notifier
 	server   *api.Server
+	tls      *api.TLS // the API's TLS, whose CRL a reload re-reads
 	ready    atomic.Bool
 
 	audit  *checkpointer
@@ -149,13 +150,13 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		{Name: "store", Critical: true, Probe: a.store.Probe},
 		{Name: "keys", Probe: a.probeKeys},
 	}, a.thresholdChecks()...)...)
-	tlsCfg, err := api.TLSConfig(cfg.TLS)
-	if err != nil {
+	if a.tls, err = api.NewTLS(cfg.TLS); err != nil {
 		return nil, err
 	}
+	a.logCRL()
 	deps := api.Deps{
 		Log: log.Named("api"), Access: a.access, Signer: svc, Keys: a.keys,
-		Health: a.checker, Status: a.status, HTTP: cfg.HTTP, TLS: tlsCfg,
+		Health: a.checker, Status: a.status, HTTP: cfg.HTTP, TLS: a.tls.Config(),
 		Seal: a.seal, Sealed: func() (bool, bool) { st := a.seal.State(); return st.Sealed, st.Frozen },
 		OnDenied:      a.trip.Denied,
 		Audit:         auditAPI{a},

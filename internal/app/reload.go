@@ -23,6 +23,9 @@ type ReloadReport struct {
 	// NeedsRestart lists the changed sections that only a restart applies;
 	// until then the running values stay in force.
 	NeedsRestart []string `json:"needs_restart"`
+	// Refused lists the files that were re-read and refused, with the
+	// reason; what was in force before stays.
+	Refused []string `json:"refused,omitempty"`
 }
 
 // configState is what /v1/status says about the configuration.
@@ -37,10 +40,11 @@ type configState struct {
 func (a *App) SetLogLevel(l zap.AtomicLevel) { a.level = &l }
 
 // Reload re-reads the configuration file and applies what can change
-// safely without a restart: the log level, the health thresholds, and the
-// known-risk list files (re-read). Anything else that changed is reported
-// as needing a restart and left as it is. A file that does not parse
-// changes nothing. Every reload is audited with the file's hash.
+// safely without a restart: the log level, the health thresholds, the
+// known-risk list files and the client CRL file tls.crl (both re-read).
+// Anything else that changed is reported as needing a restart and left as
+// it is. A file that does not parse changes nothing. Every reload is
+// audited with the file's hash.
 func (a *App) Reload(ctx context.Context) (*ReloadReport, error) {
 	path := a.cfg.Path()
 	if path == "" {
@@ -86,12 +90,26 @@ func (a *App) Reload(ctx context.Context) (*ReloadReport, error) {
 		}
 		rep.Applied = append(rep.Applied, "screening (list files re-read)")
 	}
+	if a.tls != nil {
+		// A CRL that is refused (bad signature, expired, unreadable) leaves
+		// the one in force; a changed tls section is a restart (above).
+		if configured, err := a.tls.ReloadCRL(); err != nil {
+			a.log.Error("client CRL reload refused: the CRL in force stays", zap.Error(err))
+			rep.Refused = append(rep.Refused, "tls.crl: "+err.Error())
+		} else if configured {
+			rep.Applied = append(rep.Applied, "tls.crl (re-read)")
+			a.logCRL()
+		}
+	}
 	a.conf.mu.Lock()
 	a.conf.sha256, a.conf.loadedAt, a.conf.needsRestart = rep.ConfigSHA256, time.Now().UTC(), rep.NeedsRestart
 	a.conf.mu.Unlock()
-	a.recordReload(ctx, audit.Record{Kind: "config_reload", Detail: "configuration reloaded",
-		Fields: map[string]string{"result": "reloaded", "config_sha256": rep.ConfigSHA256,
-			"applied": strings.Join(rep.Applied, ","), "needs_restart": strings.Join(rep.NeedsRestart, ",")}})
+	fields := map[string]string{"result": "reloaded", "config_sha256": rep.ConfigSHA256,
+		"applied": strings.Join(rep.Applied, ","), "needs_restart": strings.Join(rep.NeedsRestart, ",")}
+	if len(rep.Refused) > 0 {
+		fields["refused"] = strings.Join(rep.Refused, "; ")
+	}
+	a.recordReload(ctx, audit.Record{Kind: "config_reload", Detail: "configuration reloaded", Fields: fields})
 	a.log.Info("configuration reloaded", zap.String("config_sha256", rep.ConfigSHA256),
 		zap.Strings("applied", rep.Applied), zap.Strings("needs_restart", rep.NeedsRestart))
 	if len(rep.NeedsRestart) > 0 {
@@ -154,4 +172,25 @@ func (a *App) configStatus() (sha string, loaded time.Time, restart []string) {
 	a.conf.mu.Lock()
 	defer a.conf.mu.Unlock()
 	return a.conf.sha256, a.conf.loadedAt, append([]string{}, a.conf.needsRestart...)
+}
+
+// logCRL logs the client CRL in force, with a warning when its next update
+// is less than a day away: past it, every client certificate of its CA is
+// refused until a fresh CRL is loaded.
+func (a *App) logCRL() {
+	st := a.tls.CRL()
+	if st == nil {
+		return
+	}
+	fields := []zap.Field{zap.String("path", st.Path), zap.Strings("issuers", st.Issuers), zap.Int("revoked", st.Revoked)}
+	if st.NextUpdate.IsZero() {
+		a.log.Info("client CRL loaded (no next update)", fields...)
+		return
+	}
+	fields = append(fields, zap.Time("next_update", st.NextUpdate))
+	if time.Until(st.NextUpdate) < 24*time.Hour {
+		a.log.Warn("client CRL loaded: its next update is less than a day away; past it every client of its CA is refused until a fresh CRL is loaded (SIGHUP)", fields...)
+		return
+	}
+	a.log.Info("client CRL loaded", fields...)
 }

@@ -243,14 +243,31 @@ type Log struct {
 	Format string `yaml:"format"` // json or console; default json in production, console in dev
 }
 
-// HTTP bounds every connection.
+// HTTP bounds every connection and request (see docs/SECURITY.md,
+// "Hostile clients").
 type HTTP struct {
-	ReadTimeout     Duration `yaml:"read_timeout"`
-	WriteTimeout    Duration `yaml:"write_timeout"`
-	IdleTimeout     Duration `yaml:"idle_timeout"`
-	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
-	MaxBodyBytes    int64    `yaml:"max_body_bytes"`
-	MaxHeaderBytes  int      `yaml:"max_header_bytes"`
+	// ReadHeaderTimeout bounds reading a request's headers (slow headers:
+	// the connection is closed); default 5s, at most ReadTimeout.
+	// ReadTimeout bounds reading the whole request, body included (a slow
+	// body is answered 408 request_timeout); default 10s.
+	ReadHeaderTimeout Duration `yaml:"read_header_timeout"`
+	ReadTimeout       Duration `yaml:"read_timeout"`
+	WriteTimeout      Duration `yaml:"write_timeout"`
+	IdleTimeout       Duration `yaml:"idle_timeout"`
+	ShutdownTimeout   Duration `yaml:"shutdown_timeout"`
+	MaxBodyBytes      int64    `yaml:"max_body_bytes"`
+	MaxHeaderBytes    int      `yaml:"max_header_bytes"`
+	// MaxInFlight bounds the requests being handled at once, all
+	// principals together (1..65536, default 512); beyond it a request is
+	// answered 503 overloaded at once, never queued. Officers have a small
+	// reserve above it, so a freeze still gets through.
+	MaxInFlight int `yaml:"max_in_flight"`
+	// RatePerPrincipal is each principal's sustained request rate per
+	// second at the API, before any work (a token bucket of RateBurst
+	// requests); beyond it 429 rate_limited. 0 takes the default (5000/s,
+	// burst 10000); a negative rate turns the limit off.
+	RatePerPrincipal float64 `yaml:"rate_per_principal"`
+	RateBurst        int     `yaml:"rate_burst"`
 	// SignBatchMax is how many sign requests one POST /v1/sign/batch may
 	// carry (1..1024, default 64); its body may be up to 64 KiB per
 	// request, and never less than MaxBodyBytes.
@@ -413,6 +430,18 @@ func (c *Config) applyDefaults() {
 	if h.ReadTimeout == 0 {
 		h.ReadTimeout = Duration(10 * time.Second)
 	}
+	if h.ReadHeaderTimeout == 0 {
+		h.ReadHeaderTimeout = min(Duration(5*time.Second), h.ReadTimeout)
+	}
+	if h.MaxInFlight == 0 {
+		h.MaxInFlight = 512
+	}
+	if h.RatePerPrincipal == 0 {
+		h.RatePerPrincipal = 5000
+	}
+	if h.RateBurst == 0 {
+		h.RateBurst = max(1, int(min(2*h.RatePerPrincipal, 1e6)))
+	}
 	if h.WriteTimeout == 0 {
 		h.WriteTimeout = Duration(30 * time.Second)
 	}
@@ -464,6 +493,23 @@ func (c *Config) validate() error {
 	}
 	if c.HTTP.SignBatchMax < 1 || c.HTTP.SignBatchMax > 1024 {
 		bad("http.sign_batch_max: %d is outside 1..1024", c.HTTP.SignBatchMax)
+	}
+	if h := c.HTTP; h.ReadTimeout <= 0 || h.ReadHeaderTimeout <= 0 || h.WriteTimeout <= 0 || h.IdleTimeout <= 0 || h.ShutdownTimeout <= 0 {
+		bad("http: read_header_timeout, read_timeout, write_timeout, idle_timeout and shutdown_timeout must be positive")
+	}
+	if c.HTTP.ReadHeaderTimeout > c.HTTP.ReadTimeout {
+		bad("http.read_header_timeout (%s) is longer than http.read_timeout (%s)", c.HTTP.ReadHeaderTimeout.D(), c.HTTP.ReadTimeout.D())
+	}
+	if c.HTTP.MaxHeaderBytes < 1024 || c.HTTP.MaxHeaderBytes > 1<<20 {
+		bad("http.max_header_bytes: %d is outside 1 KiB..1 MiB", c.HTTP.MaxHeaderBytes)
+	}
+	if c.HTTP.MaxInFlight < 1 || c.HTTP.MaxInFlight > 65536 {
+		bad("http.max_in_flight: %d is outside 1..65536", c.HTTP.MaxInFlight)
+	}
+	// NaN (r != r) is refused: it compares false with everything and would
+	// silently disable the limit. +Inf is over the bound; -Inf is off.
+	if r := c.HTTP.RatePerPrincipal; r != r || r > 1e6 || (r > 0 && (c.HTTP.RateBurst < 1 || c.HTTP.RateBurst > 10_000_000)) {
+		bad("http: rate_per_principal must be at most 1000000 per second (negative: off) and rate_burst within 1..10000000")
 	}
 	if c.Freeze.AfterRecordFailures < 0 || c.Freeze.AfterDenials < 0 {
 		bad("freeze: thresholds must be positive (use a large number to make a trigger unreachable)")

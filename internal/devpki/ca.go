@@ -189,3 +189,23 @@ func newSerial() (*big.Int, error) {
 		}
 	}
 }
+
+// CRL returns a PEM "X509 CRL" signed by the CA, revoking the given serial
+// numbers, issued at thisUpdate and due for renewal at nextUpdate. Tests
+// use it for revoked certificates and for expired and foreign-signed CRLs.
+func (ca *CA) CRL(thisUpdate, nextUpdate time.Time, revoked ...*big.Int) ([]byte, error) {
+	entries := make([]x509.RevocationListEntry, len(revoked))
+	for i, s := range revoked {
+		entries[i] = x509.RevocationListEntry{SerialNumber: s, RevocationTime: thisUpdate}
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number:                    big.NewInt(thisUpdate.UnixNano()),
+		ThisUpdate:                thisUpdate,
+		NextUpdate:                nextUpdate,
+		RevokedCertificateEntries: entries,
+	}, ca.Cert, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("devpki: sign CRL: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
+}

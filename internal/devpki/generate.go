@@ -114,6 +114,19 @@ func (l leafSpec) current(dir string, ca *CA) bool {
 	return len(cert.URIs) == 1 && cert.URIs[0].String() == l.uri
 }
 
+// LoadCA reads the CA that Generate wrote into dir (ca.crt and ca.key), to
+// mint more certificates or CRLs from it.
+func LoadCA(dir string) (*CA, error) {
+	cert, key, err := readPair(dir, "ca")
+	if err != nil {
+		return nil, err
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("devpki: %s/ca.crt is not a CA", dir)
+	}
+	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})}, nil
+}
+
 // loadOrCreateCA reuses dir/ca.crt and ca.key, or creates both when neither exists.
 func loadOrCreateCA(dir string) (*CA, error) {
 	cert, key, err := readPair(dir, "ca")
