@@ -93,7 +93,7 @@ func (s *Service) Approve(ctx context.Context, officer *access.Principal, id str
 		return rec, apierr.New(http.StatusConflict, apierr.CodeDuplicateApproval, "%s already approved %s", officer.Name, id)
 	}
 	if err != nil {
-		return rec, apierr.Internal(err)
+		return rec, recordError(err, "the approval could not be recorded (the database cannot be written); submit it again later")
 	}
 	if len(approvals)+1 < pend.ApprovalsRequired {
 		return s.Get(ctx, id)
@@ -135,7 +135,7 @@ func (s *Service) signApproved(ctx context.Context, rec store.Request, approvals
 		return store.MoveRequestTx(ctx, tx, rec.ID, store.StatePendingApproval, store.StateSigning, "", "")
 	})
 	if err != nil {
-		return rec, apierr.Internal(err)
+		return rec, recordError(err, "the approved request could not be recorded (the database cannot be written); nothing was signed")
 	}
 	if refusal != nil {
 		s.log.Warn("approved request denied on re-check", zap.String("request_id", rec.ID), zap.Error(refusal))
@@ -179,7 +179,7 @@ func (s *Service) Reject(ctx context.Context, officer *access.Principal, id, rea
 		return rec, apierr.New(http.StatusConflict, apierr.CodeConflict, "%s already rejected %s", officer.Name, id)
 	}
 	if err != nil {
-		return rec, apierr.Internal(err)
+		return rec, recordError(err, "the rejection could not be recorded (the database cannot be written); submit it again later")
 	}
 	if n >= max(s.rejectionsToEnd, 1) {
 		s.finish(ctx, rec, store.StateRejected, "rejected", fmt.Sprintf("rejected by %s: %s", officer.Name, reason))

@@ -234,7 +234,7 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 			return nil, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeUnavailable, "request cancelled")
 		}
 		s.records.RecordFailed(err)
-		return nil, apierr.Internal(fmt.Errorf("record request: %w", err))
+		return nil, recordError(fmt.Errorf("record request: %w", err), notRecorded)
 	}
 	if !created {
 		return s.replay(ctx, h, rec, key, prep)
@@ -271,7 +271,7 @@ func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *
 		return pendingResult(rec, pend.ApprovalsRequired), nil
 	case store.StateFailed:
 		if err := s.store.RestartRequest(ctx, rec.ID); err != nil {
-			return nil, apierr.Internal(fmt.Errorf("restart request %s: %w", rec.ID, err))
+			return nil, recordError(fmt.Errorf("restart request %s: %w", rec.ID, err), notRecorded)
 		}
 		return s.sign(ctx, h, rec, key, prep)
 	case store.StateSigning:
@@ -306,11 +306,25 @@ func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Ke
 	if err := s.store.CompleteRequestWith(cctx, rec.ID, done); err != nil {
 		// The signature is withheld: an unrecorded signature never leaves.
 		s.records.RecordFailed(err)
-		return nil, apierr.Internal(fmt.Errorf("record signature for %s: %w", rec.ID, err))
+		return nil, recordError(fmt.Errorf("record signature for %s: %w", rec.ID, err),
+			"the signature could not be recorded (the database cannot be written) and was withheld; retry with the same idempotency key")
 	}
 	s.records.RecordOK()
 	rec.State, rec.SignedTx, rec.TxHash, rec.SignedPSBT = store.StateSigned, done.SignedTx, done.TxHash, done.SignedPSBT
 	return resultOf(rec), nil
+}
+
+// notRecorded is the message of a request the database refused to record.
+const notRecorded = "the request could not be recorded (the database cannot be written); nothing was signed; retry with the same idempotency key"
+
+// recordError answers a write the store refused: 503 unavailable when the
+// database cannot be written right now (disk full, read-only, failing: the
+// same request may succeed later), an internal error otherwise.
+func recordError(err error, message string) *apierr.Error {
+	if store.Unavailable(err) {
+		return apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeUnavailable, "%s", message)
+	}
+	return apierr.Internal(err)
 }
 
 // resultOf renders a signed record in its chain's conventions.

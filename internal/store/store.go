@@ -258,6 +258,30 @@ func pragmaCheck(ctx context.Context, q rowsQueryer, pragma string) error {
 	return fmt.Errorf("store: %s: %q: %w", pragma, problems, ErrIntegrity)
 }
 
+// Unavailable reports whether err says the database cannot be written (or
+// read) right now because of its environment, not because of what was asked:
+// the filesystem is full (SQLITE_FULL), read-only (SQLITE_READONLY, or the
+// SQLITE_IOERR_WRITE/FSYNC a filesystem that turned read-only under an open
+// file gives), failing (any SQLITE_IOERR), the file cannot be opened
+// (SQLITE_CANTOPEN), or another process held the lock past the busy timeout
+// (SQLITE_BUSY). The same request may succeed once the condition is gone,
+// so callers answer "unavailable, retry" instead of an internal error. The
+// failed transaction is rolled back, except that an I/O error while syncing
+// a commit may leave it durable after all: a retry with the same idempotency
+// key then finds it. Corruption (SQLITE_CORRUPT, SQLITE_NOTADB) is not
+// "unavailable": retrying does not help.
+func Unavailable(err error) bool {
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case sqlite3.ErrFull, sqlite3.ErrReadonly, sqlite3.ErrIoErr, sqlite3.ErrCantOpen, sqlite3.ErrBusy:
+		return true
+	}
+	return false
+}
+
 // isUnique reports whether err is a UNIQUE or PRIMARY KEY violation.
 func isUnique(err error) bool {
 	var se sqlite3.Error
