@@ -380,9 +380,47 @@ func (m *Manager) Freeze(ctx context.Context, by, reason string) error {
 	}
 	m.log.Error("FROZEN: signing stopped", zap.String("by", by), zap.String("reason", reason), zap.NamedError("persist_error", err))
 	if err != nil {
-		return fmt.Errorf("frozen, but the freeze could not be recorded: %w", err)
+		// The freeze holds in memory, but a restart would forget it (a full
+		// disk is the usual cause, and the usual trigger of an automatic
+		// freeze). Keep trying until it is on record or lifted.
+		go m.recordFreezeLater(f, by, reason)
+		return fmt.Errorf("frozen, but the freeze could not be recorded (retrying): %w", err)
 	}
 	return nil
+}
+
+// freezeRetry bounds the wait between attempts to record a freeze.
+var freezeRetry = [2]time.Duration{250 * time.Millisecond, 10 * time.Second}
+
+// recordFreezeLater retries recording freeze f until it succeeds or f is no
+// longer the freeze in force.
+func (m *Manager) recordFreezeLater(f store.FreezeState, by, reason string) {
+	wait := freezeRetry[0]
+	for attempt := 2; ; attempt++ {
+		time.Sleep(wait)
+		wait = min(2*wait, freezeRetry[1])
+		m.mu.Lock()
+		if !m.freeze.Frozen || !m.freeze.At.Equal(f.At) {
+			m.mu.Unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := m.st.WriteTx(ctx, func(tx *store.Tx) error {
+			if err := store.SetFreeze(ctx, tx, f); err != nil {
+				return err
+			}
+			return store.AppendEvent(ctx, tx, "freeze", by, reason+" (recorded late)")
+		})
+		cancel()
+		m.mu.Unlock()
+		if err == nil {
+			m.log.Warn("freeze recorded", zap.Int("attempt", attempt))
+			return
+		}
+		if attempt%20 == 0 {
+			m.log.Error("the freeze is still not recorded; a restart now would start unfrozen", zap.Int("attempt", attempt), zap.Error(err))
+		}
+	}
 }
 
 // Unfreeze lifts the freeze inside tx (a quorum proposal's transaction).
