@@ -9,7 +9,7 @@ LDFLAGS := -X main.version=$(VERSION)
 GOTEST  := go test -race -count=1 -timeout 14m
 FUZZTIME ?= 60s
 
-.PHONY: all build run test unit smoke deps fuzz fuzz-short bench bench-harness vet fmt clean deb deb-test systemd-check systemd-live
+.PHONY: all build run test unit smoke soak deps fuzz fuzz-short bench bench-harness vet fmt clean deb deb-test systemd-check systemd-live
 
 all: build
 
@@ -30,6 +30,8 @@ run: build
 ## the package and unit checks first (they take seconds)
 test: deps vet deb-test systemd-check unit fuzz-short smoke
 
+## unit: every Go test, among them internal/crashtest's TestCrashConsistency in its short
+## version (20 SIGKILLs of the real appliance under signing load; `make soak` is the long one)
 unit:
 	$(GOTEST) ./...
 
@@ -40,6 +42,16 @@ vet:
 ## smoke: a copy of the tree, `make run`, the printed curl command
 smoke: build
 	@scripts/smoke.sh
+
+## soak: the crash consistency test long (docs/RECOVERY.md, "Crash consistency"): SOAK_KILLS
+## SIGKILLs (default 200), and on until SOAK_TIME has passed (e.g. make soak SOAK_TIME=30m);
+## SOAK_RACE=1 builds the appliance under test with -race. The log goes to var/soak.log.
+SOAK_KILLS ?= 200
+SOAK_TIME  ?= 0s
+soak: deps
+	@mkdir -p var
+	set -o pipefail; CRASH_KILLS=$(SOAK_KILLS) CRASH_DURATION=$(SOAK_TIME) CRASH_RACE=$(SOAK_RACE) \
+	  go test -count=1 -timeout 0 -run '^TestCrashConsistency$$' -v ./internal/crashtest | tee var/soak.log
 
 ## fuzz-short: every fuzz target briefly (CI: 3s each, about 3.5 minutes for 35 targets; the seed
 ## corpora in testdata/fuzz also run in `unit`); fuzz: each for FUZZTIME. scripts/fuzz.sh lists its

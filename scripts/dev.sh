@@ -4,13 +4,13 @@
 # configuration. Everything is reused on the next run.
 #   scripts/dev.sh provision   create what is missing
 #   scripts/dev.sh serve       run the appliance in the foreground
-# DEV_DIR (default var/dev) and DEV_PORT (default 8443) can be overridden.
+# DEV_DIR (default var/dev), DEV_PORT (default 8443) and APPLIANCE_BIN (default bin/appliance) can be overridden.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 dev=${DEV_DIR:-$root/var/dev}
 port=${DEV_PORT:-8443}
-bin=$root/bin/appliance
+bin=${APPLIANCE_BIN:-$root/bin/appliance}
 module=""
 for p in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so; do
   [[ -e $p ]] && module=$p && break
