@@ -16,7 +16,7 @@ import (
 
 // Bounds on hostile or runaway clients, applied to every request before
 // any handler, body read or store work (docs/SECURITY.md, "Hostile
-// clients"): a token bucket per principal (429 rate_limited) and a global
+// clients"): a token bucket per principal (429 throttled) and a global
 // bound on requests in flight (503 overloaded). Neither queues: a request
 // over a bound is answered at once.
 
@@ -26,6 +26,11 @@ const (
 	// CodeOverloaded (503, Retry-After): http.max_in_flight requests are
 	// already being handled.
 	CodeOverloaded = "overloaded"
+	// CodeThrottled (429, Retry-After): the principal's http.rate_per_principal
+	// is spent. Nothing was read or recorded, so the same request (with the
+	// same idempotency key) may simply be sent again later — unlike the
+	// policy's rate_limited, which records the request as denied.
+	CodeThrottled = "throttled"
 	// CodeRequestTimeout (408): the request body did not arrive within
 	// http.read_timeout.
 	CodeRequestTimeout = "request_timeout"
@@ -194,7 +199,7 @@ func (s *Server) admit(c echo.Context, name string, p *access.Principal, log *za
 				log.Warn("principal rate limited at the API: further refusals are logged at debug level for a minute",
 					zap.Float64("rate_per_second", s.rate.rate), zap.Float64("burst", s.rate.burst))
 			}
-			return nil, &apierr.Error{Status: http.StatusTooManyRequests, Code: apierr.CodeRateLimited,
+			return nil, &apierr.Error{Status: http.StatusTooManyRequests, Code: CodeThrottled,
 				Message: "too many requests from this principal; retry later", RetryAfter: retry}
 		}
 	}

@@ -313,7 +313,7 @@ func TestOversizedRequests(t *testing.T) {
 
 // TestRateLimitTenThousandRequests: 10,000 requests from one principal as
 // fast as 8 connections go. The burst and the rate pass, every other
-// request is 429 rate_limited with Retry-After, answered before any store
+// request is 429 throttled with Retry-After, answered before any store
 // work (nothing audited); another principal is unaffected; the limiter
 // holds one bucket per principal; the refusals warn once in the log, not
 // once each.
@@ -341,7 +341,7 @@ func TestRateLimitTenThousandRequests(t *testing.T) {
 					mu.Unlock()
 				case a.status == http.StatusOK:
 					ok.Add(1)
-				case a.status == http.StatusTooManyRequests && bytes.Contains(a.body, []byte(`"code":"rate_limited"`)) && a.header.Get("Retry-After") == "1":
+				case a.status == http.StatusTooManyRequests && bytes.Contains(a.body, []byte(`"code":"throttled"`)) && a.header.Get("Retry-After") == "1":
 					limited.Add(1)
 				default:
 					mu.Lock()
@@ -380,9 +380,9 @@ func TestRateLimitTenThousandRequests(t *testing.T) {
 	if err := <-officerDone; err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d requests in %v: %d passed, %d rate_limited", total, elapsed, ok.Load(), limited.Load())
+	t.Logf("%d requests in %v: %d passed, %d throttled", total, elapsed, ok.Load(), limited.Load())
 	if len(other) > 0 {
-		t.Fatalf("answers other than 200 and 429 rate_limited: %v", other)
+		t.Fatalf("answers other than 200 and 429 throttled: %v", other)
 	}
 	maxOK := int64(burst + rate*elapsed.Seconds() + 1)
 	if ok.Load() < burst || ok.Load() > maxOK || ok.Load()+limited.Load() != total {

@@ -103,10 +103,10 @@ func parallel[T any](n int, items []T, fn func(w int, it T)) {
 }
 
 // apiLimited says a 429 comes from the API's per-principal rate limit,
-// which refuses before any work and records nothing (the policy's
-// rate_limited refusal is recorded, as a denied request).
+// (code throttled), which refuses before any work and records nothing (the
+// policy's rate_limited refusal is recorded, as a denied request).
 func apiLimited(raw []byte) bool {
-	return strings.Contains(string(raw), "too many requests from this principal")
+	return strings.Contains(string(raw), `"code":"throttled"`)
 }
 
 // verifyResult is what one verification did.
