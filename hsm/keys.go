@@ -185,10 +185,17 @@ func checkAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, r
 		return fmt.Errorf("reading key attributes: %w: %w", ErrKeyUnsafe, err)
 	}
 	for i, r := range rules {
-		v := got[i].Value
-		if len(v) != 1 || (v[0] != 0) != r.want {
-			return fmt.Errorf("%s is not %t: %w", r.name, r.want, ErrKeyUnsafe)
+		if err := r.check(got[i].Value); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// check refuses v unless it is the CK_BBOOL the rule wants.
+func (r attrRule) check(v []byte) error {
+	if len(v) != 1 || (v[0] != 0) != r.want {
+		return fmt.Errorf("%s is not %t: %w", r.name, r.want, ErrKeyUnsafe)
 	}
 	return nil
 }
@@ -221,7 +228,12 @@ func (m *Module) checkPrivateAttrs(s *session, h pkcs11.ObjectHandle, backup boo
 		}
 		return fmt.Errorf("reading key attributes: %w: %w", ErrKeyUnsafe, err)
 	}
-	alwaysSensitive, local := got[0].Value, got[1].Value
+	return checkBackupSensitivity(got[0].Value, got[1].Value)
+}
+
+// checkBackupSensitivity is the CKA_ALWAYS_SENSITIVE rule for a backup-able
+// key (see checkPrivateAttrs).
+func checkBackupSensitivity(alwaysSensitive, local []byte) error {
 	if len(alwaysSensitive) != 1 || len(local) != 1 {
 		return fmt.Errorf("CKA_ALWAYS_SENSITIVE or CKA_LOCAL unreadable: %w", ErrKeyUnsafe)
 	}
@@ -237,16 +249,41 @@ func (m *Module) readPublic(s *session, ref KeyRef) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return m.readPublicFrom(s, ref.Algorithm, h)
+}
+
+// readPublicFrom reads the public key of the public key object h.
+func (m *Module) readPublicFrom(s *session, alg Algorithm, h pkcs11.ObjectHandle) ([]byte, error) {
 	got, err := m.p.GetAttributeValue(s.h, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_POINT, nil)})
 	if err != nil {
 		return nil, fmt.Errorf("reading CKA_EC_POINT: %w", err)
 	}
-	return decodePoint(ref.Algorithm, got[0].Value)
+	return decodePoint(alg, got[0].Value)
 }
 
-// checkKey is CheckKey on a given session; the rebuild uses it before the new
-// generation is published.
+// checkKey is CheckKey on a given session: checkKeySearching, but with one
+// search (for the key's CKA_ID) instead of one per object, the objects found
+// matched as checkKeysOn matches them.
 func (m *Module) checkKey(s *session, ref KeyRef, pinned []byte) error {
+	if _, err := specFor(ref.Algorithm); err != nil || len(ref.ID) == 0 {
+		return m.checkKeySearching(s, ref, pinned) // refused before any search
+	}
+	ix, err := m.buildIndex(context.Background(), []*session{s}, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_ID, ref.ID)})
+	if errors.Is(err, errNoIndex) {
+		return m.checkKeySearching(s, ref, pinned)
+	}
+	if err != nil {
+		return err
+	}
+	results := []error{m.checkIndexed(s, ix, PinnedKey{Ref: ref, PublicKey: pinned})}
+	if err := m.confirmNotFound(s, results); err != nil {
+		return err
+	}
+	return results[0]
+}
+
+// checkKeySearching checks a key with a search for each of its objects.
+func (m *Module) checkKeySearching(s *session, ref KeyRef, pinned []byte) error {
 	priv, err := m.findKey(s, pkcs11.CKO_PRIVATE_KEY, ref)
 	if err != nil {
 		return err
@@ -318,7 +355,10 @@ func (m *Module) GenerateKeyWith(ctx context.Context, alg Algorithm, label strin
 			m.log.Error("generated key failed attribute check; destroyed", zap.String("key_id", hex.EncodeToString(id)), zap.Error(err))
 			return err
 		}
-		pub, err := m.readPublic(s, ref)
+		// From the handle C_GenerateKeyPair returned, not by a search: a
+		// search reads every object on the token (SoftHSM's file store
+		// re-validates each one), which made each new key slower than the last.
+		pub, err := m.readPublicFrom(s, alg, pubH)
 		if err != nil {
 			return err
 		}
@@ -376,8 +416,69 @@ func (m *Module) CheckKey(ctx context.Context, ref KeyRef, pinned []byte) error 
 
 // SetPinnedKeys replaces the set of pinned keys and checks each one now; they
 // are checked again after every rebuild. Sign refuses a pinned key whose last
-// check failed. Results are read with KeyError.
+// check failed. Results are read with KeyError. It is PinKeys without the
+// results: failures are logged.
 func (m *Module) SetPinnedKeys(keys []PinnedKey) {
+	pins, results, err := m.pinKeys(context.Background(), keys)
+	if err != nil {
+		// A lost token here is fine: the rebuild re-checks every pin.
+		return
+	}
+	m.logPinFailures(pins, results)
+}
+
+// PinKeys replaces the set of pinned keys with keys, checks every one of them
+// now, as CheckKeys does (in one pass over the token), and returns each key's
+// result, in order: nil, or what CheckKey would have returned. Every key is
+// pinned, including those that fail: Sign refuses them until a later check
+// passes. The pinned keys are checked again after every rebuild; KeyError
+// reads the latest results.
+func (m *Module) PinKeys(ctx context.Context, keys []PinnedKey) []error {
+	_, results, err := m.pinKeys(ctx, keys)
+	if err != nil {
+		return fill(len(keys), err)
+	}
+	out := make([]error, len(results))
+	for i, r := range results {
+		if r != nil {
+			out[i] = fmt.Errorf("hsm: check key: %w", r)
+		}
+	}
+	return out
+}
+
+// pinKeys pins a copy of keys and checks it now. Until the check is done
+// every pinned key reads as "not checked yet"; if the whole check fails
+// (lost token, ctx) they stay so until the rebuild checks them.
+func (m *Module) pinKeys(ctx context.Context, keys []PinnedKey) ([]PinnedKey, []error, error) {
+	cp := clonePins(keys)
+	m.pinMu.Lock()
+	m.pinVersion++
+	version := m.pinVersion
+	m.pins = cp
+	m.keyErrs = make(map[string]error, len(cp))
+	for _, k := range cp {
+		m.keyErrs[string(k.Ref.ID)] = fmt.Errorf("hsm: pinned key %x not checked yet: %w", k.Ref.ID, ErrUnavailable)
+	}
+	m.pinMu.Unlock()
+	if len(cp) == 0 {
+		return cp, nil, nil
+	}
+	var results []error
+	err := m.doMany(ctx, "check pinned keys", func(ss []*session) error {
+		var err error
+		results, err = m.checkKeysOn(ctx, ss, cp)
+		return err
+	})
+	if err != nil {
+		return cp, nil, err
+	}
+	m.recordPinResults(version, cp, results)
+	return cp, results, nil
+}
+
+// clonePins copies keys, folding Backup into Ref.WrappedBackup.
+func clonePins(keys []PinnedKey) []PinnedKey {
 	cp := make([]PinnedKey, len(keys))
 	for i, k := range keys {
 		backup := k.Backup || k.Ref.WrappedBackup
@@ -387,43 +488,57 @@ func (m *Module) SetPinnedKeys(keys []PinnedKey) {
 			Backup:    backup,
 		}
 	}
-	m.pinMu.Lock()
-	m.pinVersion++
-	m.pins = cp
-	m.keyErrs = map[string]error{}
-	for _, k := range cp {
-		m.keyErrs[string(k.Ref.ID)] = fmt.Errorf("hsm: pinned key %x not checked yet: %w", k.Ref.ID, ErrUnavailable)
-	}
-	m.pinMu.Unlock()
-	// A lost token here is fine: the rebuild re-checks every pin.
-	_ = m.do(context.Background(), "check pinned keys", m.recheckPins)
+	return cp
 }
 
-// recheckPins checks every pinned key on s and records the results. It returns
-// only errors that mean the session is lost, so the rebuild can retry; a key
-// that fails is recorded in KeyError and does not stop the others.
+// recordPinResults makes results (one per pin) what KeyError answers, unless
+// the pins were replaced meanwhile: a concurrent SetPinnedKeys wins.
+func (m *Module) recordPinResults(version uint64, pins []PinnedKey, results []error) {
+	errs := make(map[string]error, len(pins))
+	for i, k := range pins {
+		var err error
+		if results[i] != nil {
+			err = fmt.Errorf("hsm: pinned key: %w", results[i])
+		}
+		errs[string(k.Ref.ID)] = err
+	}
+	m.pinMu.Lock()
+	defer m.pinMu.Unlock()
+	if m.pinVersion == version {
+		m.keyErrs = errs
+	}
+}
+
+func (m *Module) logPinFailures(pins []PinnedKey, results []error) {
+	for i, err := range results {
+		if err != nil {
+			m.log.Error("pinned key failed its check", zap.String("key_id", hex.EncodeToString(pins[i].Ref.ID)),
+				zap.String("algorithm", string(pins[i].Ref.Algorithm)), zap.Error(fmt.Errorf("hsm: pinned key: %w", err)))
+		}
+	}
+}
+
+// recheckPins checks every pinned key on s, and on whatever other sessions of
+// its generation are idle, and records the results. It returns only errors
+// that mean the session is lost, so the rebuild can retry; a key that fails
+// is recorded in KeyError and does not stop the others.
 func (m *Module) recheckPins(s *session) error {
 	m.pinMu.Lock()
 	pins, version := m.pins, m.pinVersion
 	m.pinMu.Unlock()
-	results := make(map[string]error, len(pins))
-	for _, k := range pins {
-		err := m.checkKey(s, k.Ref, k.PublicKey)
-		if err != nil && isLost(err) {
-			return err
-		}
-		if err != nil {
-			err = fmt.Errorf("hsm: pinned key: %w", err)
-			m.log.Error("pinned key failed its check", zap.String("key_id", hex.EncodeToString(k.Ref.ID)),
-				zap.String("algorithm", string(k.Ref.Algorithm)), zap.Error(err))
-		}
-		results[string(k.Ref.ID)] = err
+	if len(pins) == 0 {
+		return nil
 	}
-	m.pinMu.Lock()
-	defer m.pinMu.Unlock()
-	if m.pinVersion == version { // a concurrent SetPinnedKeys wins
-		m.keyErrs = results
+	ss := append([]*session{s}, m.acquireIdle(s.gen, m.opts.PoolSize-1)...)
+	results, err := m.checkKeysOn(context.Background(), ss, pins)
+	for _, x := range ss[1:] {
+		m.release(x)
 	}
+	if err != nil {
+		return err
+	}
+	m.logPinFailures(pins, results)
+	m.recordPinResults(version, pins, results)
 	return nil
 }
 

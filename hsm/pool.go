@@ -153,6 +153,33 @@ func (m *Module) acquire(ctx context.Context) (*session, error) {
 	}
 }
 
+// acquireIdle borrows up to n more sessions of generation g, only those idle
+// right now: for work that one session can do alone but several do sooner.
+// It never waits, so two such callers cannot starve each other.
+func (m *Module) acquireIdle(g *generation, n int) []*session {
+	var out []*session
+	for len(out) < n {
+		select {
+		case h := <-g.pool:
+			// As in acquire: never use a session of a broken generation.
+			g.mu.Lock()
+			if g.finalized || g.isBroken() {
+				g.mu.Unlock()
+				return out
+			}
+			g.out++
+			g.mu.Unlock()
+			m.mu.Lock()
+			m.inUse++
+			m.mu.Unlock()
+			out = append(out, &session{h: h, gen: g})
+		default:
+			return out
+		}
+	}
+	return out
+}
+
 // release returns a session to its generation's pool, or drops it if that
 // generation has been broken: C_Finalize in the rebuild closes it, and closing
 // it here could race with handle reuse in the next generation.
@@ -194,6 +221,37 @@ func (m *Module) do(ctx context.Context, op string, fn func(s *session) error) e
 	}
 	m.release(s)
 	if err != nil {
+		return fmt.Errorf("hsm: %s: %w", op, err)
+	}
+	return nil
+}
+
+// doMany is do for work that can spread over several sessions: it borrows one
+// session, waiting as do does, and up to PoolSize-2 more of its generation
+// that are idle, and runs fn on them all. It never holds the whole pool: one
+// session is left for everyone else (a signer, while a quorum's new key is
+// pinned with all the others).
+func (m *Module) doMany(ctx context.Context, op string, fn func(ss []*session) error) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("hsm: %s: %w", op, err)
+	}
+	s, err := m.acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("hsm: %s: %w", op, err)
+	}
+	ss := append([]*session{s}, m.acquireIdle(s.gen, m.opts.PoolSize-2)...)
+	err = fn(ss)
+	lost := err != nil && isLost(err)
+	if lost {
+		m.markLost(s.gen, fmt.Sprintf("%s failed: %v", op, err))
+	}
+	for _, x := range ss {
+		m.release(x)
+	}
+	switch {
+	case lost:
+		return fmt.Errorf("hsm: %s: %w: %w", op, ErrUnavailable, err)
+	case err != nil:
 		return fmt.Errorf("hsm: %s: %w", op, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package signing
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -24,7 +25,7 @@ type Key struct {
 
 // KeyChecker is the part of the HSM used to reconcile the registry.
 type KeyChecker interface {
-	CheckKey(ctx context.Context, ref hsm.KeyRef, pinned []byte) error
+	PinKeys(ctx context.Context, keys []hsm.PinnedKey) []error
 	SetPinnedKeys(keys []hsm.PinnedKey)
 	KeyError(id []byte) error
 }
@@ -81,26 +82,40 @@ func newKey(k store.Key) *Key {
 	return &Key{Key: k, Ref: hsm.KeyRef{ID: k.CKAID, Algorithm: hsm.Algorithm(k.Algorithm), WrappedBackup: k.WrappedBackup}}
 }
 
-// Reconcile checks every key against the token and pins the good ones so
-// that the HSM re-checks them after every reconnect.
+// Reconcile checks every key against the token, once and all together (one
+// pass over the token, not a search per key), and pins them with the extra
+// keys so that the HSM re-checks them after every reconnect. A key that fails
+// is refused service here and by the HSM's Sign.
 //
 // It returns the keys refused, by id, with the reason.
 func (kr *Keyring) Reconcile(ctx context.Context, h KeyChecker, log *zap.Logger, extra ...hsm.PinnedKey) map[string]error {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	kr.extra = extra
-	pins := append(make([]hsm.PinnedKey, 0, len(kr.keys)+len(extra)), extra...)
-	for id, key := range kr.keys {
-		if err := h.CheckKey(ctx, key.Ref, key.PublicKey); err != nil {
+	ids := make([]string, 0, len(kr.keys))
+	for id := range kr.keys {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	pins := append(make([]hsm.PinnedKey, 0, len(ids)+len(extra)), extra...)
+	for _, id := range ids {
+		pins = append(pins, hsm.PinnedKey{Ref: kr.keys[id].Ref, PublicKey: kr.keys[id].PublicKey})
+	}
+	results := h.PinKeys(ctx, pins)
+	for i, k := range extra {
+		if results[i] != nil {
+			log.Error("pinned key failed its check", zap.String("key_id", hex.EncodeToString(k.Ref.ID)), zap.Error(results[i]))
+		}
+	}
+	for i, id := range ids {
+		if err := results[len(extra)+i]; err != nil {
 			kr.refused[id] = err
 			log.Error("key refused service: it does not reconcile with the token",
-				zap.String("key_id", id), zap.String("label", key.Label), zap.Error(err))
+				zap.String("key_id", id), zap.String("label", kr.keys[id].Label), zap.Error(err))
 			continue
 		}
 		delete(kr.refused, id)
-		pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})
 	}
-	h.SetPinnedKeys(pins)
 	log.Info("key registry reconciled", zap.Int("keys", len(kr.keys)), zap.Int("refused", len(kr.refused)))
 	out := make(map[string]error, len(kr.refused))
 	for id, err := range kr.refused {
@@ -118,11 +133,11 @@ func (kr *Keyring) Add(k store.Key, h KeyChecker) {
 	kr.keys[k.ID] = key
 	delete(kr.refused, k.ID)
 	kr.addScript(k)
+	// Every key is pinned, as Reconcile pins them: those refused stay
+	// refused by the HSM's Sign too.
 	pins := append(make([]hsm.PinnedKey, 0, len(kr.keys)+len(kr.extra)), kr.extra...)
-	for id, key := range kr.keys {
-		if kr.refused[id] == nil {
-			pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})
-		}
+	for _, key := range kr.keys {
+		pins = append(pins, hsm.PinnedKey{Ref: key.Ref, PublicKey: key.PublicKey})
 	}
 	h.SetPinnedKeys(pins)
 }
