@@ -20,6 +20,7 @@ import (
 
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/secret"
+	"github.com/custodysigner/appliance/internal/secret/secrettest"
 )
 
 // mainArgsEnv makes the test binary run the real main with these
@@ -45,7 +46,9 @@ func TestMainHardensTheProcess(t *testing.T) {
 	dir := t.TempDir()
 	if uid == 0 {
 		// Root owns /proc/<pid> whatever the flag: run the child as nobody.
-		bin, dir = copyForOthers(t, bin)
+		bin = secrettest.CopyForOthers(t, bin, "appliance-test-", "appliance.test")
+		dir = filepath.Dir(bin)
+		t.Cleanup(func() { os.RemoveAll(dir) })
 		uid = 65534
 	}
 	// The configuration comes through a FIFO: the child blocks in open
@@ -75,8 +78,8 @@ func TestMainHardensTheProcess(t *testing.T) {
 	var owner uint32
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		soft, hard = coreLimits(t, pid)
-		owner = procOwner(t, pid)
+		soft, hard = secrettest.CoreLimits(t, pid)
+		owner = secrettest.ProcOwner(t, pid)
 		if soft == "0" && hard == "0" && owner == 0 {
 			break
 		}
@@ -96,55 +99,6 @@ func TestMainHardensTheProcess(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
 		t.Fatalf("main exited with %v, want the configuration error's %d (stderr %q)", err, exitConfig, stderr.String())
 	}
-}
-
-// copyForOthers copies the test binary into a fresh directory that other
-// users may enter, and returns both.
-func copyForOthers(t *testing.T, bin string) (string, string) {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "appliance-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := filepath.Join(dir, "appliance.test")
-	if err := os.WriteFile(out, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return out, dir
-}
-
-func coreLimits(t *testing.T, pid string) (string, string) {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/" + pid + "/limits")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
-			if f := strings.Fields(rest); len(f) >= 2 {
-				return f[0], f[1]
-			}
-		}
-	}
-	t.Fatalf("no core limit in /proc/%s/limits", pid)
-	return "", ""
-}
-
-func procOwner(t *testing.T, pid string) uint32 {
-	t.Helper()
-	fi, err := os.Stat("/proc/" + pid + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Uid
 }
 
 // TestLogHardening: one line when hardened; a production appliance refuses

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -19,16 +18,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/btcsuite/btcd/btcutil/psbt"
-	"github.com/btcsuite/btcd/chaincfg/chainhash"
-	"github.com/btcsuite/btcd/wire"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/audit"
-	"github.com/custodysigner/appliance/internal/bitcoin"
+	"github.com/custodysigner/appliance/internal/bitcoin/bitcointest"
 	"github.com/custodysigner/appliance/internal/ceremony"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/ethereum"
@@ -451,30 +447,9 @@ func reencode(t testing.TB, v any) []byte {
 // as POST /v1/sign requires.
 func psbtSeed(tb testing.TB, n uint32) string {
 	tb.Helper()
-	own, err := bitcoin.P2WPKHScript(uncompressed(tb, fuzzBTCPub))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dest := mustHex("0014751e76e8199196d454941c45d1b3a323f1433bd6")
-	prev := wire.NewMsgTx(2)
 	var seq [4]byte
 	binary.BigEndian.PutUint32(seq[:], n)
-	fict := chainhash.Hash(sha256.Sum256(append([]byte("fuzz coin"), seq[:]...)))
-	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&fict, 0), nil, nil))
-	prev.AddTxOut(wire.NewTxOut(100_000, own))
-	h := prev.TxHash()
-	pkt, err := psbt.New([]*wire.OutPoint{wire.NewOutPoint(&h, 0)},
-		[]*wire.TxOut{wire.NewTxOut(50_000, dest), wire.NewTxOut(49_000, own)}, 2, 0, []uint32{wire.MaxTxInSequenceNum - 2})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pkt.Inputs[0].NonWitnessUtxo = prev
-	pkt.Inputs[0].WitnessUtxo = wire.NewTxOut(100_000, own)
-	s, err := pkt.B64Encode()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
+	return bitcointest.SpendPSBT(tb, uncompressed(tb, fuzzBTCPub), append([]byte("fuzz coin"), seq[:]...))
 }
 
 // validApproval is a base64 signature of the harness officer over the

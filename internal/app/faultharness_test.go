@@ -9,25 +9,15 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
 
-// Shared by the storage and HSM fault tests: root-only mounts, a systemd
-// notify socket that records what the watchdog hears, and the request rows
+// Shared by the storage and HSM fault tests: a systemd notify socket that records what the watchdog hears, and the request rows
 // as the database holds them.
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test mounts a filesystem")
-	}
-}
 
 // notifyLog is a systemd notify socket (NOTIFY_SOCKET) with the watchdog
 // enabled (WATCHDOG_USEC): every datagram the appliance sends, with the time
@@ -210,6 +200,21 @@ func (e *env) signOnce(c *http.Client, idem, payload string) signOutcome {
 	return o
 }
 
+// signedBeforeTheFault checks that every request sent before a fault was
+// signed, and returns them by idempotency key: the start of the map of
+// answers that checkSignedAreRecorded compares with the database.
+func signedBeforeTheFault(t *testing.T, outcomes ...signOutcome) map[string]signOutcome {
+	t.Helper()
+	answered := map[string]signOutcome{}
+	for _, o := range outcomes {
+		if o.status != http.StatusOK {
+			t.Fatalf("%s before the fault: %d %s", o.idem, o.status, o.code)
+		}
+		answered[o.idem] = o
+	}
+	return answered
+}
+
 // checkSignedAreRecorded: every signature a client received is the one the
 // database holds for that request, in state signed, and the database holds
 // no signature that no client received.
@@ -235,60 +240,6 @@ func checkSignedAreRecorded(t *testing.T, dbPath string, answered map[string]sig
 			}
 		}
 	}
-}
-
-// mountTmpfs mounts a tmpfs of size bytes on a fresh directory, unmounted
-// when the test ends (after the appliance, started later, has stopped).
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fillUp writes a file in dir until the filesystem answers ENOSPC, then
-// gives leave bytes back, and returns its path: removing it gives the space
-// back.
-func fillUp(t *testing.T, dir string, leave int64) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, chunk := range []int{1 << 16, 1 << 12, 1} {
-		buf := make([]byte, chunk)
-		for {
-			if _, err := f.Write(buf); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("filling %s: %v", dir, err)
-				}
-				break
-			}
-		}
-	}
-	if leave > 0 {
-		fi, err := f.Stat()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := f.Truncate(fi.Size() - leave); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return path
 }
 
 // moveStore moves the (closed) database of an env that has not started
@@ -327,90 +278,4 @@ func (e *env) moveStore(dir string) {
 		e.t.Fatal(err)
 	}
 	e.cfg.Store.Path = dst
-}
-
-// ext4FS is an ext4 filesystem in a file, loop-mounted with
-// errors=remount-ro: after an error it turns read-only under open files,
-// as a production data disk does.
-type ext4FS struct {
-	t          *testing.T
-	image, dir string
-}
-
-func newExt4FS(t *testing.T, size int64) *ext4FS {
-	t.Helper()
-	for _, tool := range []string{"mkfs.ext4", "e2fsck", "mount", "umount", "findmnt"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
-		}
-	}
-	base := t.TempDir()
-	fs := &ext4FS{t: t, image: filepath.Join(base, "ext4.img"), dir: filepath.Join(base, "data")}
-	if err := os.Mkdir(fs.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(fs.image, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(fs.image, size); err != nil {
-		t.Fatal(err)
-	}
-	fs.run("mkfs.ext4", "-q", "-F", fs.image)
-	fs.mount()
-	t.Cleanup(func() {
-		if exec.Command("findmnt", "-n", fs.dir).Run() == nil {
-			_ = exec.Command("umount", "-l", fs.dir).Run()
-		}
-	})
-	return fs
-}
-
-func (fs *ext4FS) run(name string, args ...string) string {
-	fs.t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		fs.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (fs *ext4FS) mount() {
-	fs.t.Helper()
-	fs.run("mount", "-t", "ext4", "-o", "loop,errors=remount-ro", fs.image, fs.dir)
-	if err := os.Chmod(fs.dir, 0o700); err != nil {
-		fs.t.Fatal(err)
-	}
-}
-
-// fail makes ext4 record an error (its sysfs trigger_fs_error, what an I/O
-// error in its metadata does): the journal aborts and the filesystem is
-// read-only from then on, for open files too, until unmounted and checked.
-func (fs *ext4FS) fail() {
-	fs.t.Helper()
-	dev := filepath.Base(strings.TrimSpace(fs.run("findmnt", "-no", "SOURCE", fs.dir)))
-	trigger := filepath.Join("/sys/fs/ext4", dev, "trigger_fs_error")
-	if _, err := os.Stat(trigger); err != nil {
-		fs.t.Skipf("no %s: %v", trigger, err)
-	}
-	if err := os.WriteFile(trigger, []byte("appliance storage fault test\n"), 0o200); err != nil {
-		fs.t.Fatal(err)
-	}
-	if opts := fs.run("findmnt", "-no", "OPTIONS", fs.dir); !strings.HasPrefix(opts, "ro") && !strings.Contains(opts, "emergency_ro") {
-		fs.t.Fatalf("filesystem still writable after the error: %s", opts)
-	}
-}
-
-// repair is the runbook once the appliance has stopped: unmount, e2fsck,
-// mount. e2fsck exits 1 when it corrected something (the free counts an
-// aborted journal leaves behind).
-func (fs *ext4FS) repair() string {
-	fs.t.Helper()
-	fs.run("umount", fs.dir)
-	out, err := exec.Command("e2fsck", "-fy", fs.image).CombinedOutput()
-	var ee *exec.ExitError
-	if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
-		fs.t.Fatalf("e2fsck: %v\n%s", err, out)
-	}
-	fs.mount()
-	return string(out)
 }

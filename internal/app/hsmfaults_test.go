@@ -180,12 +180,7 @@ func TestHSMFaultsLeakNoSessions(t *testing.T) {
 	pool := e.cfg.HSM.PoolSize
 	c := e.client("client")
 	to := common.HexToAddress("0x00000000000000000000000000000000000000f1")
-	answered := map[string]signOutcome{}
-	first := e.signOnce(c, "warm-up", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1)))
-	if first.status != http.StatusOK {
-		t.Fatalf("before the faults: %d %s", first.status, first.code)
-	}
-	answered[first.idem] = first
+	answered := signedBeforeTheFault(t, e.signOnce(c, "warm-up", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1))))
 	if n := peek.sessions(); n != pool {
 		t.Fatalf("%d sessions on the token before the faults, want the pool's %d", n, pool)
 	}
@@ -360,12 +355,7 @@ func TestTokenDirectoryUnreadable(t *testing.T) {
 	peek := peekToken(t, e)
 	c := e.client("client")
 	to := common.HexToAddress("0x00000000000000000000000000000000000000f1")
-	answered := map[string]signOutcome{}
-	if o := e.signOnce(c, "before", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1))); o.status != http.StatusOK {
-		t.Fatalf("before the fault: %d %s", o.status, o.code)
-	} else {
-		answered[o.idem] = o
-	}
+	answered := signedBeforeTheFault(t, e.signOnce(c, "before", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1))))
 	wd.await("WATCHDOG=1", time.Time{}, 5*time.Second)
 
 	if err := os.Chmod(dir, 0); err != nil {

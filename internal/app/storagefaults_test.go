@@ -15,7 +15,9 @@ import (
 
 	"github.com/ethereum/go-ethereum/common"
 
+	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/store"
+	"github.com/custodysigner/appliance/internal/testfs"
 )
 
 // Storage faults on real filesystems under a running appliance (real
@@ -126,10 +128,14 @@ func mapsKeys[V any](m map[string]V) func(func(string) bool) {
 	}
 }
 
-// checkStoppedDatabase runs the full integrity_check on the database of a
-// stopped appliance.
-func checkStoppedDatabase(t *testing.T, path string) {
+// stopAndCheckDatabase stops the appliance (its audit keys read first),
+// runs the full integrity_check on its database and verifies the audit
+// chain, returning the verification's report.
+func (e *env) stopAndCheckDatabase(t *testing.T) audit.Report {
 	t.Helper()
+	keys := e.auditKeys(t)
+	e.stop()
+	path := e.cfg.Store.Path
 	f, err := store.OpenAuditFile(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +144,11 @@ func checkStoppedDatabase(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 	f.Close()
+	rep, err := verifyDB(t, path, keys)
+	if err != nil {
+		t.Fatalf("audit chain: %v", err)
+	}
+	return rep
 }
 
 // TestDiskFullRefusesSigningAndRecovers: the database's filesystem fills up
@@ -153,26 +164,20 @@ func checkStoppedDatabase(t *testing.T, path string) {
 // The automatic freeze after repeated failures to record is set out of
 // reach here (TestDiskFullFreezesUntilTheQuorumResumes covers it).
 func TestDiskFullRefusesSigningAndRecovers(t *testing.T) {
-	requireRoot(t)
+	testfs.RequireRoot(t)
 	wd := listenNotify(t, time.Second)
 	e := newEnvWith(t, "freeze: {after_record_failures: 1000000}\nhealth: {min_free_disk_bytes: 1048576}\n")
-	data := mountTmpfs(t, 16<<20) // the database and a full WAL (1,000 pages) fit
+	data := testfs.MountTmpfs(t, 16<<20) // the database and a full WAL (1,000 pages) fit
 	e.moveStore(data)
 	e.start()
-	answered := map[string]signOutcome{}
-	for _, o := range e.signConcurrently(t, "before", 2, 5, 0) {
-		if o.status != http.StatusOK {
-			t.Fatalf("%s before the fault: %d %s", o.idem, o.status, o.code)
-		}
-		answered[o.idem] = o
-	}
+	answered := signedBeforeTheFault(t, e.signConcurrently(t, "before", 2, 5, 0)...)
 	start := time.Now()
 	wd.await("WATCHDOG=1", start, 5*time.Second)
 
 	// Fill the filesystem but for 512 KiB, which signing then uses up: some
 	// requests are signed, then records fail, at whichever write comes
 	// first (the request, or its signature: then withheld).
-	filler := fillUp(t, data, 512<<10)
+	filler := testfs.FillUp(t, data, 512<<10)
 	filled := time.Now()
 	var refused, withheld int
 	for _, o := range e.signConcurrently(t, "full", 8, 10, 100) {
@@ -228,14 +233,7 @@ func TestDiskFullRefusesSigningAndRecovers(t *testing.T) {
 	if st := e.must(e.client("operator"), "GET", "/v1/status", nil).json(t); st["frozen"] != false {
 		t.Fatalf("frozen: %v", st)
 	}
-	keys := e.auditKeys(t)
-	e.stop()
-	checkStoppedDatabase(t, e.cfg.Store.Path)
-	rep, err := verifyDB(t, e.cfg.Store.Path, keys)
-	if err != nil {
-		t.Fatalf("audit chain after a full disk: %v", err)
-	}
-	if rep.Unprotected != 0 {
+	if rep := e.stopAndCheckDatabase(t); rep.Unprotected != 0 {
 		t.Fatalf("%d audit entries not covered by a checkpoint after a clean stop", rep.Unprotected)
 	}
 }
@@ -246,22 +244,17 @@ func TestDiskFullRefusesSigningAndRecovers(t *testing.T) {
 // that is the officers' decision (an unfreeze proposal, K approvals, then
 // an unseal), after which every refused request signs on a retry.
 func TestDiskFullFreezesUntilTheQuorumResumes(t *testing.T) {
-	requireRoot(t)
+	testfs.RequireRoot(t)
 	q := newQuorumEnv(t, "health: {min_free_disk_bytes: 1048576}\n")
-	data := mountTmpfs(t, 16<<20)
+	data := testfs.MountTmpfs(t, 16<<20)
 	q.moveStore(data)
 	q.start()
 	q.unseal(1, 2)
 	c := q.client("client")
 	to := common.HexToAddress("0x00000000000000000000000000000000000000ee")
-	answered := map[string]signOutcome{}
-	o := q.signOnce(c, "before", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1)))
-	if o.status != http.StatusOK {
-		t.Fatalf("before the fault: %d %s", o.status, o.code)
-	}
-	answered[o.idem] = o
+	answered := signedBeforeTheFault(t, q.signOnce(c, "before", unsignedEIP1559(t, 1337, 0, to, big.NewInt(1))))
 
-	filler := fillUp(t, data, 0)
+	filler := testfs.FillUp(t, data, 0)
 	var unavailable, frozen int
 	for i := 1; i <= 30 && frozen == 0; i++ {
 		o := q.signOnce(c, fmt.Sprint("full-", i), unsignedEIP1559(t, 1337, uint64(i), to, big.NewInt(1)))
@@ -312,12 +305,7 @@ func TestDiskFullFreezesUntilTheQuorumResumes(t *testing.T) {
 	q.unseal(1, 2)
 	q.replayAll(t, answered)
 	checkSignedAreRecorded(t, q.cfg.Store.Path, answered)
-	keys := q.auditKeys(t)
-	q.stop()
-	checkStoppedDatabase(t, q.cfg.Store.Path)
-	if _, err := verifyDB(t, q.cfg.Store.Path, keys); err != nil {
-		t.Fatalf("audit chain: %v", err)
-	}
+	q.stopAndCheckDatabase(t)
 	kinds := auditKinds(t, q.cfg.Store.Path)
 	if !slices.Contains(kinds, "unfreeze") {
 		t.Fatalf("no unfreeze entry in %v", kinds)
@@ -334,22 +322,16 @@ func TestDiskFullFreezesUntilTheQuorumResumes(t *testing.T) {
 // before is in the database, every refused request signs on a retry, the
 // full integrity_check is ok and the audit chain verifies.
 func TestReadOnlyDatabaseRefusesSigning(t *testing.T) {
-	requireRoot(t)
+	testfs.RequireRoot(t)
 	wd := listenNotify(t, time.Second)
 	e := newEnvWith(t, "freeze: {after_record_failures: 1000000}\nhealth: {min_free_disk_bytes: -1}\n")
-	fs := newExt4FS(t, 64<<20)
-	e.moveStore(fs.dir)
+	fs := testfs.NewExt4(t, 64<<20)
+	e.moveStore(fs.Dir)
 	e.start()
-	answered := map[string]signOutcome{}
-	for _, o := range e.signConcurrently(t, "before", 2, 5, 0) {
-		if o.status != http.StatusOK {
-			t.Fatalf("%s before the fault: %d %s", o.idem, o.status, o.code)
-		}
-		answered[o.idem] = o
-	}
+	answered := signedBeforeTheFault(t, e.signConcurrently(t, "before", 2, 5, 0)...)
 	wd.await("WATCHDOG=1", time.Now(), 5*time.Second)
 
-	fs.fail()
+	fs.Fail()
 	failed := time.Now()
 	for _, o := range e.signConcurrently(t, "ro", 4, 5, 100) {
 		answered[o.idem] = o
@@ -381,17 +363,12 @@ func TestReadOnlyDatabaseRefusesSigning(t *testing.T) {
 	} else {
 		t.Logf("start on the read-only filesystem refused: %v", err)
 	}
-	t.Logf("e2fsck: %s", strings.Join(strings.Fields(fs.repair()), " "))
+	t.Logf("e2fsck: %s", strings.Join(strings.Fields(fs.Repair()), " "))
 	e.start()
 	if h := e.health(t); h.status != http.StatusOK || !h.checks["store"].OK || !h.checks["hsm"].OK {
 		t.Fatalf("health after the repair: %d %s %+v", h.status, h.state, h.checks)
 	}
 	e.replayAll(t, answered)
 	checkSignedAreRecorded(t, e.cfg.Store.Path, answered)
-	keys := e.auditKeys(t)
-	e.stop()
-	checkStoppedDatabase(t, e.cfg.Store.Path)
-	if _, err := verifyDB(t, e.cfg.Store.Path, keys); err != nil {
-		t.Fatalf("audit chain: %v", err)
-	}
+	e.stopAndCheckDatabase(t)
 }

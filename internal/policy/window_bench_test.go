@@ -2,17 +2,12 @@ package policy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"testing"
 	"time"
 
 	"github.com/custodysigner/appliance/internal/store"
 )
-
-// errWindowBenchRollback ends BenchmarkEvaluateWithFullWindow's write
-// transactions without committing them.
-var errWindowBenchRollback = errors.New("rolled back by the window benchmark")
 
 // BenchmarkEvaluateWithFullWindow measures one evaluation of a key whose
 // windows already hold rows usage rows, every one of them inside the 24 h
@@ -64,20 +59,7 @@ func BenchmarkEvaluateWithFullWindow(b *testing.B) {
 			}
 			req := Request{KeyID: "bench", Principal: "client", RequestID: "bench-full-window",
 				Intent: ethTransfer(alice, "1000000000000000000"), Now: now}
-			b.ReportAllocs()
-			for b.Loop() {
-				var d Decision
-				err := s.WriteTx(ctx, func(tx *store.Tx) error {
-					var err error
-					if d, err = e.Evaluate(ctx, tx, req); err != nil {
-						return err
-					}
-					return errWindowBenchRollback
-				})
-				if !errors.Is(err, errWindowBenchRollback) || d.Outcome != Allow {
-					b.Fatalf("%+v, %v", d, err)
-				}
-			}
+			benchEvaluateRolledBack(b, s, e, req)
 		})
 	}
 }

@@ -17,6 +17,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/custodysigner/appliance/internal/secret/secrettest"
 )
 
 // Child processes: the test binary runs itself with SECRET_TEST_CHILD set,
@@ -182,26 +184,10 @@ func childCommand(t *testing.T, mode string, uid int, env ...string) *exec.Cmd {
 // binaryForOthers copies the test binary where nobody may execute it.
 func binaryForOthers(t *testing.T) string {
 	t.Helper()
-	if sharedBinary != "" {
-		return sharedBinary
+	if sharedBinary == "" {
+		sharedBinary = secrettest.CopyForOthers(t, os.Args[0], "secret-test-", "secret.test")
 	}
-	dir, err := os.MkdirTemp("", "secret-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	raw, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "secret.test")
-	if err := os.WriteFile(bin, raw, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	sharedBinary = bin
-	return bin
+	return sharedBinary
 }
 
 // runChild runs a child to completion and returns its output.
@@ -247,34 +233,6 @@ func startChild(t *testing.T, mode string, uid int) *liveChild {
 
 func (c *liveChild) pid() string { return strconv.Itoa(c.cmd.Process.Pid) }
 
-// coreLimits reads "Max core file size" (soft, hard) from /proc/<pid>/limits.
-func coreLimits(t *testing.T, pid string) (string, string) {
-	t.Helper()
-	raw, err := os.ReadFile("/proc/" + pid + "/limits")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 2 {
-				return f[0], f[1]
-			}
-		}
-	}
-	t.Fatalf("no core limit in /proc/%s/limits", pid)
-	return "", ""
-}
-
-func procOwner(t *testing.T, pid string) uint32 {
-	t.Helper()
-	fi, err := os.Stat("/proc/" + pid + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Uid
-}
-
 // TestHardenInChildProcess: a process that called Harden has RLIMIT_CORE
 // 0/0 as /proc/<pid>/limits shows from outside, is not dumpable
 // (PR_GET_DUMPABLE 0 inside; /proc/<pid> owned by root outside; another
@@ -293,12 +251,12 @@ func TestHardenInChildProcess(t *testing.T) {
 	idle := startChild(t, "idle", uid)
 	// The control raised its soft core limit to the hard one: the parser
 	// is seen reading a non-zero limit unless the session's hard limit is 0.
-	if soft, hard := coreLimits(t, idle.pid()); hard == "0" {
+	if soft, hard := secrettest.CoreLimits(t, idle.pid()); hard == "0" {
 		t.Log("control: the hard core limit is 0 for this session: /proc/<pid>/limits alone cannot tell the children apart; the PR_SET_DUMPABLE checks still can")
 	} else if soft == "0" {
 		t.Fatalf("control: core limit %s/%s", soft, hard)
 	}
-	if owner := procOwner(t, idle.pid()); owner != wantOwner {
+	if owner := secrettest.ProcOwner(t, idle.pid()); owner != wantOwner {
 		t.Fatalf("control: /proc/%s owned by %d, want %d", idle.pid(), owner, wantOwner)
 	}
 	ctl := runChild(t, "probe", uid, childTargetEnv+"="+idle.pid())
@@ -321,11 +279,11 @@ func TestHardenInChildProcess(t *testing.T) {
 			t.Errorf("hardened child could raise its core limit again: %q", h.report)
 		}
 	}
-	if soft, hard := coreLimits(t, h.pid()); soft != "0" || hard != "0" {
+	if soft, hard := secrettest.CoreLimits(t, h.pid()); soft != "0" || hard != "0" {
 		t.Errorf("/proc/%s/limits: Max core file size %s/%s, want 0/0", h.pid(), soft, hard)
 	}
 	if wantOwner != 0 {
-		if owner := procOwner(t, h.pid()); owner != 0 {
+		if owner := secrettest.ProcOwner(t, h.pid()); owner != 0 {
 			t.Errorf("/proc/%s owned by %d: the process is still dumpable", h.pid(), owner)
 		}
 		got := runChild(t, "probe", uid, childTargetEnv+"="+h.pid())

@@ -3,7 +3,6 @@ package signing
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,14 +11,12 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/btcsuite/btcd/btcutil/psbt"
-	"github.com/btcsuite/btcd/chaincfg/chainhash"
-	"github.com/btcsuite/btcd/wire"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/apierr"
 	"github.com/custodysigner/appliance/internal/bitcoin"
+	"github.com/custodysigner/appliance/internal/bitcoin/bitcointest"
 	"github.com/custodysigner/appliance/internal/ethereum"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -57,28 +54,7 @@ func (k fuzzKeys) ListKeys(context.Context) ([]store.Key, error) { return k, nil
 // previous transaction and the witness UTXO), paying BIP-173's first
 // mainnet address and the change back.
 func fuzzPSBT(tb testing.TB, key *Key, n byte) string {
-	own, err := bitcoin.P2WPKHScript(key.PublicKey)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dest, _ := hex.DecodeString("0014751e76e8199196d454941c45d1b3a323f1433bd6")
-	prev := wire.NewMsgTx(2)
-	fict := chainhash.Hash(sha256.Sum256([]byte{'c', 'o', 'i', 'n', n}))
-	prev.AddTxIn(wire.NewTxIn(wire.NewOutPoint(&fict, 0), nil, nil))
-	prev.AddTxOut(wire.NewTxOut(100_000, own))
-	h := prev.TxHash()
-	pkt, err := psbt.New([]*wire.OutPoint{wire.NewOutPoint(&h, 0)},
-		[]*wire.TxOut{wire.NewTxOut(50_000, dest), wire.NewTxOut(49_000, own)}, 2, 0, []uint32{wire.MaxTxInSequenceNum - 2})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	pkt.Inputs[0].NonWitnessUtxo = prev
-	pkt.Inputs[0].WitnessUtxo = wire.NewTxOut(100_000, own)
-	s, err := pkt.B64Encode()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return s
+	return bitcointest.SpendPSBT(tb, key.PublicKey, []byte{'c', 'o', 'i', 'n', n})
 }
 
 // prepareCodes are the refusals of payload decoding and its checks, with

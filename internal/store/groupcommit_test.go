@@ -44,6 +44,26 @@ func scratchRows(t *testing.T, s *Store) map[int]bool {
 	return got
 }
 
+// holdWriteTx starts a writer on wg that takes the write transaction and
+// holds it until release is called, then runs fn in it; the writer failing
+// fails the test. While it holds, every other WriteTx queues.
+func holdWriteTx(t *testing.T, s *Store, wg *sync.WaitGroup, fn func(*Tx) error) (release func()) {
+	t.Helper()
+	hold, holding := make(chan struct{}), make(chan struct{})
+	wg.Go(func() {
+		err := s.WriteTx(context.Background(), func(tx *Tx) error {
+			close(holding)
+			<-hold
+			return fn(tx)
+		})
+		if err != nil {
+			t.Errorf("holder: %v", err)
+		}
+	})
+	<-holding
+	return func() { close(hold) }
+}
+
 // waitQueued waits until n jobs are queued behind the running batch.
 func waitQueued(t *testing.T, s *Store, n int) {
 	t.Helper()
@@ -168,20 +188,11 @@ func TestGroupCommitLostTransactionFailsItsMembers(t *testing.T) {
 	s, _ := openTest(t)
 	createScratch(t, s)
 
-	hold, holding := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		err := s.WriteTx(ctx, func(tx *Tx) error {
-			close(holding)
-			<-hold
-			_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (0)`)
-			return err
-		})
-		if err != nil {
-			t.Errorf("holder: %v", err)
-		}
+	release := holdWriteTx(t, s, &wg, func(tx *Tx) error {
+		_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (0)`)
+		return err
 	})
-	<-holding
 	insert := func(n int) func(*Tx) error {
 		return func(tx *Tx) error {
 			_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (?)`, n)
@@ -202,7 +213,7 @@ func TestGroupCommitLostTransactionFailsItsMembers(t *testing.T) {
 		return err
 	})
 	submit(3, insert(3))
-	close(hold)
+	release()
 	wg.Wait()
 
 	if errs[1] == nil || errs[2] == nil {
@@ -225,12 +236,8 @@ func TestGroupCommitCancelledWhileQueued(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t)
 	createScratch(t, s)
-	hold, holding := make(chan struct{}), make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		_ = s.WriteTx(ctx, func(tx *Tx) error { close(holding); <-hold; return nil })
-	})
-	<-holding
+	release := holdWriteTx(t, s, &wg, func(*Tx) error { return nil })
 	cctx, cancel := context.WithCancel(ctx)
 	ran := false
 	var err error
@@ -239,7 +246,7 @@ func TestGroupCommitCancelledWhileQueued(t *testing.T) {
 	})
 	waitQueued(t, s, 1)
 	cancel()
-	close(hold)
+	release()
 	wg.Wait()
 	if !errors.Is(err, context.Canceled) || ran {
 		t.Fatalf("cancelled caller: err %v, fn ran %v; want context.Canceled and not run", err, ran)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,61 +14,20 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/custodysigner/appliance/internal/testfs"
 )
 
 // Storage faults on real filesystems: a tmpfs that fills up, and an ext4
 // filesystem that turns read-only under the open database (what
 // errors=remount-ro does after an I/O error). Both need root, to mount.
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: the test mounts a filesystem")
-	}
-}
-
-// MountTmpfs mounts a tmpfs of size bytes on a fresh directory, unmounted
-// when the test ends (after everything registered later, such as the store's
-// Close, has run).
-func mountTmpfs(t *testing.T, size int) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := syscall.Unmount(dir, 0); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-			_ = syscall.Unmount(dir, syscall.MNT_DETACH)
-		}
-	})
-	return dir
-}
-
-// fillUp writes a file in dir until the filesystem refuses with ENOSPC and
-// returns its path: removing it gives the space back.
+// fillUp fills dir's filesystem (testfs.FillUp, leaving nothing) and checks
+// that no block is left free; removing the returned file gives the space
+// back.
 func fillUp(t *testing.T, dir string) string {
 	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for _, chunk := range []int{1 << 16, 1 << 12, 1} {
-		buf := make([]byte, chunk)
-		for {
-			if _, err := f.Write(buf); err != nil {
-				if !errors.Is(err, syscall.ENOSPC) {
-					t.Fatalf("filling %s: %v", dir, err)
-				}
-				break
-			}
-		}
-	}
+	path := testfs.FillUp(t, dir, 0)
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(dir, &st); err != nil {
 		t.Fatal(err)
@@ -97,9 +55,9 @@ func sqliteCode(err error) sqlite3.ErrNo {
 // returns, with no restart; integrity_check is ok and the audit chain (one
 // entry per request) verifies.
 func TestDiskFullRefusedWithoutDamage(t *testing.T) {
-	requireRoot(t)
+	testfs.RequireRoot(t)
 	ctx := context.Background()
-	mnt := mountTmpfs(t, 16<<20) // room for the database and a full WAL (1,000 pages) once space returns
+	mnt := testfs.MountTmpfs(t, 16<<20) // room for the database and a full WAL (1,000 pages) once space returns
 	path := filepath.Join(mnt, "appliance.db")
 	s := openAt(t, path)
 	if err := s.InsertKey(ctx, testKey("eth-dev", 1, time.Now())); err != nil {
@@ -210,95 +168,6 @@ func checkNoDamage(t *testing.T, s *Store, path string, wantEntries int64) {
 	}
 }
 
-// ext4 is an ext4 filesystem in a file, loop-mounted with errors=remount-ro.
-type ext4 struct {
-	t     *testing.T
-	image string
-	dir   string
-}
-
-func newExt4(t *testing.T, size int64) *ext4 {
-	t.Helper()
-	for _, tool := range []string{"mkfs.ext4", "e2fsck", "mount", "umount", "findmnt"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s: %v", tool, err)
-		}
-	}
-	base := t.TempDir()
-	fs := &ext4{t: t, image: filepath.Join(base, "ext4.img"), dir: filepath.Join(base, "mnt")}
-	if err := os.Mkdir(fs.dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(fs.image, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(fs.image, size); err != nil {
-		t.Fatal(err)
-	}
-	fs.run("mkfs.ext4", "-q", "-F", fs.image)
-	fs.mount()
-	t.Cleanup(func() {
-		if mounted(fs.dir) {
-			_ = exec.Command("umount", "-l", fs.dir).Run()
-		}
-	})
-	return fs
-}
-
-func (fs *ext4) run(name string, args ...string) string {
-	fs.t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		fs.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func (fs *ext4) mount() {
-	fs.t.Helper()
-	fs.run("mount", "-t", "ext4", "-o", "loop,errors=remount-ro", fs.image, fs.dir)
-	if err := os.Chmod(fs.dir, 0o700); err != nil {
-		fs.t.Fatal(err)
-	}
-}
-
-// fail makes ext4 record an error, as an I/O error in its metadata would:
-// with errors=remount-ro the journal is aborted and the filesystem is
-// read-only from then on, for files already open too, until it is unmounted,
-// checked and mounted again.
-func (fs *ext4) fail() {
-	fs.t.Helper()
-	dev := filepath.Base(strings.TrimSpace(fs.run("findmnt", "-no", "SOURCE", fs.dir)))
-	trigger := filepath.Join("/sys/fs/ext4", dev, "trigger_fs_error")
-	if _, err := os.Stat(trigger); err != nil {
-		fs.t.Skipf("no %s: %v", trigger, err)
-	}
-	if err := os.WriteFile(trigger, []byte("storage fault test\n"), 0o200); err != nil {
-		fs.t.Fatal(err)
-	}
-	if opts := fs.run("findmnt", "-no", "OPTIONS", fs.dir); !strings.HasPrefix(opts, "ro") && !strings.Contains(opts, "emergency_ro") {
-		fs.t.Fatalf("filesystem still writable after the error: %s", opts)
-	}
-}
-
-// repair is the runbook: unmount, e2fsck, mount again. e2fsck exits 1 when
-// it corrected something (the free counts an aborted journal leaves behind).
-func (fs *ext4) repair() string {
-	fs.t.Helper()
-	fs.run("umount", fs.dir)
-	out, err := exec.Command("e2fsck", "-fy", fs.image).CombinedOutput()
-	var ee *exec.ExitError
-	if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 1) {
-		fs.t.Fatalf("e2fsck: %v\n%s", err, out)
-	}
-	fs.mount()
-	return string(out)
-}
-
-func mounted(dir string) bool {
-	return exec.Command("findmnt", "-n", dir).Run() == nil
-}
-
 // TestReadOnlyFilesystemRefusedWithoutDamage: the filesystem under an open
 // database turns read-only (ext4 errors=remount-ro after an error). Every
 // write is refused with an error classified Unavailable, the probe fails,
@@ -306,10 +175,10 @@ func mounted(dir string) bool {
 // opens, integrity_check is ok, every committed request is there and the
 // audit chain verifies.
 func TestReadOnlyFilesystemRefusedWithoutDamage(t *testing.T) {
-	requireRoot(t)
+	testfs.RequireRoot(t)
 	ctx := context.Background()
-	fs := newExt4(t, 32<<20)
-	path := filepath.Join(fs.dir, "appliance.db")
+	fs := testfs.NewExt4(t, 32<<20)
+	path := filepath.Join(fs.Dir, "appliance.db")
 	s, err := Open(ctx, path, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +196,7 @@ func TestReadOnlyFilesystemRefusedWithoutDamage(t *testing.T) {
 		committed = append(committed, r)
 	}
 
-	fs.fail()
+	fs.Fail()
 	var wg sync.WaitGroup
 	errs := make(chan error, 64)
 	for w := range 8 {
@@ -366,7 +235,7 @@ func TestReadOnlyFilesystemRefusedWithoutDamage(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Logf("closing on a read-only filesystem: %v", err)
 	}
-	t.Logf("e2fsck: %s", strings.TrimSpace(fs.repair()))
+	t.Logf("e2fsck: %s", strings.TrimSpace(fs.Repair()))
 	s2 := openAt(t, path)
 	if err := s2.QuickCheck(ctx); err != nil {
 		t.Fatal(err)
