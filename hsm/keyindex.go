@@ -101,6 +101,11 @@ func (m *Module) CheckKeys(ctx context.Context, keys []PinnedKey) []error {
 	if err != nil {
 		return fill(len(keys), err)
 	}
+	return checkErrors(results)
+}
+
+// checkErrors wraps each key's check result as CheckKey reports it.
+func checkErrors(results []error) []error {
 	out := make([]error, len(results))
 	for i, r := range results {
 		if r != nil {

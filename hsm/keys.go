@@ -438,13 +438,7 @@ func (m *Module) PinKeys(ctx context.Context, keys []PinnedKey) []error {
 	if err != nil {
 		return fill(len(keys), err)
 	}
-	out := make([]error, len(results))
-	for i, r := range results {
-		if r != nil {
-			out[i] = fmt.Errorf("hsm: check key: %w", r)
-		}
-	}
-	return out
+	return checkErrors(results)
 }
 
 // pinKeys pins a copy of keys and checks it now. Until the check is done
