@@ -72,7 +72,12 @@ func isLost(err error) bool {
 		pkcs11.CKR_TOKEN_NOT_PRESENT,
 		pkcs11.CKR_USER_NOT_LOGGED_IN,
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED,
-		pkcs11.CKR_GENERAL_ERROR:
+		pkcs11.CKR_GENERAL_ERROR,
+		// An operation is active that this package did not leave active
+		// (every search is ended, every C_Sign ends its operation): the
+		// token and the pool disagree about the session, so it is rebuilt
+		// rather than left to fail every call it serves.
+		pkcs11.CKR_OPERATION_ACTIVE:
 		return true
 	}
 	return false

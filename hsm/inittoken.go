@@ -73,7 +73,7 @@ func InitToken(modulePath, label string, soPIN, userPIN []byte) error {
 // (token initialisation, provisioning) outside any Module. done finalises
 // it, unless the library was already initialised in this process, in which
 // case that initialisation is left alone.
-func standalone(modulePath string) (*pkcs11.Ctx, func(), error) {
+func standalone(modulePath string) (Cryptoki, func(), error) {
 	p := pkcs11.New(modulePath)
 	if p == nil {
 		return nil, nil, fmt.Errorf("hsm: cannot load PKCS#11 module %s", modulePath)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -284,7 +285,11 @@ func (m *Module) buildIndex(ctx context.Context, ss []*session, tmpl []*pkcs11.A
 		}
 		return nil, fmt.Errorf("%w: %w", errNoIndex, err)
 	}
-	r := newAttrReader(m.opts.URI.ModulePath)
+	var r attrReader
+	if m.opts.Interpose == nil {
+		// Not past an interposed library: every read goes through it.
+		r = newAttrReader(m.opts.URI.ModulePath)
+	}
 	objects := make([]indexObject, len(handles))
 	err = parallel(ctx, ss, len(handles), func(s *session, i int) error {
 		var err error
@@ -423,31 +428,7 @@ func classify(h pkcs11.ObjectHandle, attrs map[uint][]byte) (o indexObject, done
 
 // findEvery returns every object matching tmpl (nil: every object).
 func (m *Module) findEvery(s *session, tmpl []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
-	objectsMu.RLock()
-	defer objectsMu.RUnlock()
-	if err := m.p.FindObjectsInit(s.h, tmpl); err != nil {
-		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
-	}
-	var (
-		out []pkcs11.ObjectHandle
-		err error
-	)
-	for {
-		var objs []pkcs11.ObjectHandle
-		// The binding allocates room for as many handles as asked for.
-		if objs, _, err = m.p.FindObjects(s.h, 4096); err != nil || len(objs) == 0 {
-			break
-		}
-		out = append(out, objs...)
-	}
-	// As in findOne: an unfinished search blocks the session.
-	if ferr := m.p.FindObjectsFinal(s.h); err == nil && ferr != nil {
-		err = ferr
-	}
-	if err != nil {
-		return nil, fmt.Errorf("C_FindObjects: %w", err)
-	}
-	return out, nil
+	return findAll(m.p, s.h, tmpl, math.MaxInt)
 }
 
 // parallel calls fn(s, i) for every i in [0, n), spread over the sessions ss,

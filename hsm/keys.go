@@ -79,19 +79,9 @@ var objectsMu sync.RWMutex
 // findOne returns the single object matching tmpl, ErrKeyNotFound if there is
 // none and ErrKeyAmbiguous if there are several.
 func (m *Module) findOne(s *session, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	objectsMu.RLock()
-	defer objectsMu.RUnlock()
-	if err := m.p.FindObjectsInit(s.h, tmpl); err != nil {
-		return 0, fmt.Errorf("C_FindObjectsInit: %w", err)
-	}
-	objs, _, err := m.p.FindObjects(s.h, 2)
-	// Always finish the search: an open search blocks every other operation on
-	// the session with CKR_OPERATION_ACTIVE.
-	if ferr := m.p.FindObjectsFinal(s.h); err == nil && ferr != nil {
-		err = ferr
-	}
+	objs, err := findAll(m.p, s.h, tmpl, 2)
 	if err != nil {
-		return 0, fmt.Errorf("C_FindObjects: %w", err)
+		return 0, err
 	}
 	switch len(objs) {
 	case 0:
@@ -104,15 +94,18 @@ func (m *Module) findOne(s *session, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHan
 }
 
 // findAll returns the objects matching tmpl, at most max of them.
-func findAll(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+func findAll(p Cryptoki, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
 	objectsMu.RLock()
 	defer objectsMu.RUnlock()
 	return findAllLocked(p, sh, tmpl, max)
 }
 
 // findAllLocked is findAll for a caller already holding objectsMu.
-func findAllLocked(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+func findAllLocked(p Cryptoki, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
 	if err := p.FindObjectsInit(sh, tmpl); err != nil {
+		// A search the token started though it answered an error would
+		// block the session: end it (an error here means there was none).
+		_ = p.FindObjectsFinal(sh)
 		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
 	}
 	var (
@@ -121,12 +114,14 @@ func findAllLocked(p *pkcs11.Ctx, sh pkcs11.SessionHandle, tmpl []*pkcs11.Attrib
 	)
 	for len(out) < max {
 		var objs []pkcs11.ObjectHandle
-		if objs, _, err = p.FindObjects(sh, max-len(out)); err != nil || len(objs) == 0 {
+		// The binding allocates room for as many handles as asked for.
+		if objs, _, err = p.FindObjects(sh, min(max-len(out), 4096)); err != nil || len(objs) == 0 {
 			break
 		}
 		out = append(out, objs...)
 	}
-	// As in findOne: an unfinished search blocks the session.
+	// Always finish the search: an open search blocks every other operation
+	// on the session with CKR_OPERATION_ACTIVE.
 	if ferr := p.FindObjectsFinal(sh); err == nil && ferr != nil {
 		err = ferr
 	}
@@ -171,7 +166,7 @@ func (m *Module) findKey(s *session, class uint, ref KeyRef) (pkcs11.ObjectHandl
 // checkAttrs reads the boolean attributes in rules from object h and returns
 // an error wrapping ErrKeyUnsafe unless each has its wanted value. It is a
 // function on a bare context so ProvisionWrappingKey can use it without a Module.
-func checkAttrs(p *pkcs11.Ctx, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, rules []attrRule) error {
+func checkAttrs(p Cryptoki, sh pkcs11.SessionHandle, h pkcs11.ObjectHandle, rules []attrRule) error {
 	tmpl := make([]*pkcs11.Attribute, len(rules))
 	for i, r := range rules {
 		tmpl[i] = pkcs11.NewAttribute(r.attr, nil)

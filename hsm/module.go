@@ -22,6 +22,11 @@ type Options struct {
 	ReconnectMin   time.Duration // first rebuild backoff after token loss; default 100ms
 	ReconnectMax   time.Duration // backoff cap; default 5s
 	Logger         *zap.Logger   // required
+
+	// Interpose, if set, wraps the loaded library; every PKCS#11 call the
+	// Module makes goes through what it returns. It exists for fault
+	// injection in tests (hsm/hsmfault) and is nil in production.
+	Interpose func(Cryptoki) Cryptoki
 }
 
 // Health is a snapshot of the module's state for readiness checks and metrics.
@@ -54,7 +59,7 @@ type Info struct {
 type Module struct {
 	opts Options
 	log  *zap.Logger
-	p    *pkcs11.Ctx
+	p    Cryptoki
 	pin  []byte
 
 	mu       sync.Mutex
@@ -130,10 +135,14 @@ func Open(ctx context.Context, opts Options) (*Module, error) {
 		log.Warn("SOFTHSM2_CONF is not set; SoftHSM will use its compiled-in default configuration")
 	}
 
-	p := pkcs11.New(o.URI.ModulePath)
-	if p == nil {
+	lib := pkcs11.New(o.URI.ModulePath)
+	if lib == nil {
 		clear(pin)
 		return nil, fmt.Errorf("hsm: cannot load PKCS#11 module %s", o.URI.ModulePath)
+	}
+	var p Cryptoki = lib
+	if o.Interpose != nil {
+		p = o.Interpose(lib)
 	}
 	if err := p.Initialize(); err != nil {
 		p.Destroy()
@@ -170,7 +179,7 @@ func Open(ctx context.Context, opts Options) (*Module, error) {
 // findSlot returns the slot holding the initialised token with the given label.
 // Slot ids are not stable (SoftHSM derives them from the token serial and
 // renumbers on every C_Initialize), so the label is the only identity used.
-func findSlot(p *pkcs11.Ctx, label string) (uint, error) {
+func findSlot(p Cryptoki, label string) (uint, error) {
 	slots, err := p.GetSlotList(true)
 	if err != nil {
 		return 0, fmt.Errorf("hsm: C_GetSlotList: %w", err)

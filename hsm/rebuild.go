@@ -58,7 +58,14 @@ func (m *Module) rebuild() error {
 		}
 	}
 	if err := m.p.Finalize(); err != nil && !isRV(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
-		m.log.Warn("C_Finalize during rebuild failed; re-initialising anyway", zap.Error(err))
+		// The library may still be initialised with the old sessions open:
+		// close them, or every failed C_Finalize would leak a pool's worth.
+		m.log.Warn("C_Finalize during rebuild failed; closing the old sessions and re-initialising anyway", zap.Error(err))
+		if old != nil {
+			if cerr := m.p.CloseAllSessions(old.slot); cerr != nil {
+				m.log.Warn("C_CloseAllSessions after a failed C_Finalize", zap.Error(cerr))
+			}
+		}
 	}
 	if err := m.p.Initialize(); err != nil && !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return fmt.Errorf("C_Initialize: %w", err)

@@ -161,7 +161,7 @@ func ProvisionWrappingKey(modulePath, tokenLabel string, soPIN, userPIN []byte, 
 
 // provisionLogin logs in as who, refusing to share a login with an open
 // Module: logging out afterwards would end that Module's login too.
-func provisionLogin(p *pkcs11.Ctx, sh pkcs11.SessionHandle, who uint, pin []byte, tokenLabel string) error {
+func provisionLogin(p Cryptoki, sh pkcs11.SessionHandle, who uint, pin []byte, tokenLabel string) error {
 	role := "user"
 	if who == pkcs11.CKU_SO {
 		role = "SO"

@@ -56,6 +56,14 @@ type App struct {
 	level  *zap.AtomicLevel              // the logger's level, when the caller gave it (SetLogLevel)
 	conf   configState
 
+	// hsmDownSince is when the HSM probe started failing while unsealed
+	// (zero while it passes): within hsm.unavailable_grace of it health is
+	// degraded, after it down.
+	hsmDownSince atomic.Pointer[time.Time]
+	// interpose wraps the PKCS#11 library of the modules Unseal opens
+	// (tests inject faults through it); nil in production.
+	interpose func(hsm.Cryptoki) hsm.Cryptoki
+
 	mu          sync.RWMutex
 	hsm         *hsm.Module  // open while unsealed, nil while sealed
 	auditSigner *auditSigner // the audit key while unsealed
@@ -180,6 +188,11 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 // OpenHSM loads the PKCS#11 module named by the configuration and logs in
 // with pin (nil: the URI's pin-source).
 func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger, pin []byte) (*hsm.Module, error) {
+	return openHSM(ctx, cfg, log, pin, nil)
+}
+
+// openHSM is OpenHSM with the library wrapped by interpose (nil: not).
+func openHSM(ctx context.Context, cfg *config.Config, log *zap.Logger, pin []byte, interpose func(hsm.Cryptoki) hsm.Cryptoki) (*hsm.Module, error) {
 	if cfg.HSM.SoftHSM2Conf != "" {
 		// SoftHSM reads this at C_Initialize; set it before the module loads.
 		if err := os.Setenv("SOFTHSM2_CONF", cfg.HSM.SoftHSM2Conf); err != nil {
@@ -192,6 +205,7 @@ func OpenHSM(ctx context.Context, cfg *config.Config, log *zap.Logger, pin []byt
 	}
 	m, err := hsm.Open(ctx, hsm.Options{
 		URI: uri, PIN: pin, PoolSize: cfg.HSM.PoolSize, AcquireTimeout: cfg.HSM.AcquireTimeout.D(), Logger: log.Named("hsm"),
+		Interpose: interpose,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open HSM %s: %w", uri, err)
@@ -206,12 +220,39 @@ func (a *App) probeHSM(ctx context.Context) error {
 	case st.Frozen:
 		return health.Degraded(errors.New("frozen: " + st.FrozenReason))
 	case st.Sealed || m == nil:
+		a.hsmDownSince.Store(nil)
 		return health.Degraded(fmt.Errorf("sealed: %d of %d unseal shares", st.Progress, st.Threshold))
 	}
-	if h := m.Health(); !h.Healthy {
-		return fmt.Errorf("unhealthy: %s", h.Reason)
+	var err error
+	if h := m.Health(); h.Healthy {
+		err = m.Probe(ctx)
+	} else {
+		err = fmt.Errorf("unhealthy: %s", h.Reason)
 	}
-	return m.Probe(ctx)
+	return a.withinHSMGrace(err, time.Now())
+}
+
+// withinHSMGrace judges a failing HSM probe: degraded while the HSM has been
+// unusable for less than hsm.unavailable_grace (the module rebuilds by
+// itself; a restart would come back sealed), down after it, which stops
+// the watchdog. A passing probe (err nil) ends the spell.
+func (a *App) withinHSMGrace(err error, now time.Time) error {
+	if err == nil {
+		a.hsmDownSince.Store(nil)
+		return nil
+	}
+	since := a.hsmDownSince.Load()
+	if since == nil {
+		since = &now
+		if !a.hsmDownSince.CompareAndSwap(nil, since) {
+			since = a.hsmDownSince.Load()
+		}
+	}
+	grace := a.cfg.HSM.UnavailableGrace.D()
+	if down := now.Sub(*since); down < grace {
+		return health.Degraded(fmt.Errorf("%w (unavailable for %s; down after %s)", err, down.Round(time.Millisecond), grace))
+	}
+	return fmt.Errorf("%w (unavailable for %s, beyond hsm.unavailable_grace %s)", err, now.Sub(*since).Round(time.Millisecond), grace)
 }
 
 func (a *App) probeKeys(context.Context) error {

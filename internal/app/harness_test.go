@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/devpki"
@@ -38,6 +39,9 @@ type env struct {
 	app    *App
 	cancel context.CancelFunc
 	done   chan error
+	// interpose, if set before start, wraps the PKCS#11 library of the
+	// modules the appliance opens (fault injection: hsm/hsmfault).
+	interpose func(hsm.Cryptoki) hsm.Cryptoki
 }
 
 const testPrincipalPrefix = "spiffe://appliance.dev/"
@@ -142,6 +146,7 @@ func (e *env) start() {
 		cancel()
 		e.t.Fatal(err)
 	}
+	a.interpose = e.interpose
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()

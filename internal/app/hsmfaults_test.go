@@ -21,6 +21,7 @@ import (
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
+	"github.com/custodysigner/appliance/internal/config"
 )
 
 // Real SoftHSM disruption under a running appliance. SoftHSM is a library
@@ -333,7 +334,8 @@ func runUnprivileged(t *testing.T) bool {
 // TestTokenDirectoryUnreadable: SoftHSM's token directory becomes unreadable
 // (mode 0000) under an idle, running appliance. The health monitor's probe
 // notices (C_GetTokenInfo fails; the rebuild cannot find the token): health
-// is down with the hsm check saying why, the systemd watchdog starves, and a
+// is degraded for hsm.unavailable_grace, then down with the hsm check saying
+// why, the systemd watchdog starves, and a
 // sign request is answered 503 hsm_unavailable at once and recorded failed,
 // with no signature. When the permissions return the appliance rebuilds by
 // itself: health ok, the watchdog petted again, the same request signs on a
@@ -346,6 +348,7 @@ func TestTokenDirectoryUnreadable(t *testing.T) {
 	}
 	wd := listenNotify(t, time.Second)
 	e := newEnv(t)
+	e.cfg.HSM.UnavailableGrace = config.Duration(2 * time.Second)
 	e.start()
 	uri, err := hsm.ParseURI(e.cfg.HSM.URI)
 	if err != nil {
@@ -371,7 +374,14 @@ func TestTokenDirectoryUnreadable(t *testing.T) {
 		t.Fatal("the token directory is still readable")
 	}
 	broken := time.Now()
-	h := e.awaitHealth(t, 15*time.Second, "health down", func(h healthReport) bool { return h.status == http.StatusServiceUnavailable })
+	h := e.awaitHealth(t, 10*time.Second, "health degraded", func(h healthReport) bool { return !h.checks["hsm"].OK })
+	if h.status != http.StatusOK || h.state != "degraded" {
+		t.Fatalf("health within hsm.unavailable_grace: %d %s %+v", h.status, h.state, h.checks)
+	}
+	h = e.awaitHealth(t, 15*time.Second, "health down", func(h healthReport) bool { return h.status == http.StatusServiceUnavailable })
+	if time.Since(broken) < e.cfg.HSM.UnavailableGrace.D() {
+		t.Fatalf("down %s after the fault, within the grace", time.Since(broken))
+	}
 	if h.state != "down" || h.checks["hsm"].OK || h.checks["hsm"].Detail == "" || !h.checks["store"].OK {
 		t.Fatalf("health with the token unreadable: %s %+v", h.state, h.checks)
 	}

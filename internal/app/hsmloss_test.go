@@ -12,6 +12,7 @@ import (
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
+	"github.com/custodysigner/appliance/internal/config"
 )
 
 // TestTokenLossThroughTheAPI: the token disappears under a running
@@ -21,6 +22,7 @@ import (
 // signs.
 func TestTokenLossThroughTheAPI(t *testing.T) {
 	e := newEnv(t)
+	e.cfg.HSM.UnavailableGrace = config.Duration(-1) // down at once (TestHSMUnavailableDegradedThenDown has the grace)
 	e.start()
 	uri, err := hsm.ParseURI(e.cfg.HSM.URI)
 	if err != nil {

@@ -52,6 +52,9 @@ type HSMStatus struct {
 	InUse    int    `json:"in_use"`
 	Waiters  int    `json:"waiters"`
 	Rebuilds uint64 `json:"rebuilds"`
+	// UnavailableSince is when the HSM probe started failing, while it
+	// fails (see hsm.unavailable_grace).
+	UnavailableSince *time.Time `json:"unavailable_since,omitempty"`
 }
 
 func (a *App) status(ctx context.Context) any {
@@ -68,6 +71,10 @@ func (a *App) status(ctx context.Context) any {
 		UptimeSeconds: int64(time.Since(a.started).Seconds()), Ready: a.ready.Load(),
 		KeysRefused: []KeyRefusal{}, Lists: map[string]any{},
 		HSM: HSMStatus{Healthy: h.Healthy, Reason: h.Reason, Sessions: h.PoolSize, InUse: h.InUse, Waiters: h.Waiters, Rebuilds: h.Rebuilds},
+	}
+	if since := a.hsmDownSince.Load(); since != nil && m != nil {
+		t := since.UTC()
+		b.HSM.UnavailableSince = &t
 	}
 	keys := a.keys.List()
 	b.Keys = len(keys)

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,17 +105,38 @@ func (e *env) signConcurrently(t *testing.T, prefix string, clients, perClient i
 // answers replace the refusals in answered.
 func (e *env) replayAll(t *testing.T, answered map[string]signOutcome) {
 	t.Helper()
-	c := e.client("client")
-	for _, idem := range slices.Sorted(mapsKeys(answered)) {
-		first := answered[idem]
-		o := e.signOnce(c, idem, first.payload)
-		if o.status != http.StatusOK {
-			t.Fatalf("replay of %s (first answer %d %s): %d %s %s", idem, first.status, first.code, o.status, o.code, o.message)
-		}
-		if first.status == http.StatusOK && (o.signedTx != first.signedTx || o.requestID != first.requestID) {
-			t.Fatalf("replay of %s signed again: %s/%s, first %s/%s", idem, o.requestID, o.signedTx, first.requestID, first.signedTx)
-		}
-		answered[idem] = o
+	idems := slices.Sorted(mapsKeys(answered))
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		next atomic.Int64
+	)
+	for range 4 {
+		c := e.client("client")
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < len(idems) && !t.Failed(); i = int(next.Add(1) - 1) {
+				idem := idems[i]
+				mu.Lock()
+				first := answered[idem]
+				mu.Unlock()
+				o, err := e.trySign(c, idem, first.payload)
+				switch {
+				case err != nil:
+					t.Errorf("replay of %s: %v", idem, err)
+				case o.status != http.StatusOK:
+					t.Errorf("replay of %s (first answer %d %s): %d %s %s", idem, first.status, first.code, o.status, o.code, o.message)
+				case first.status == http.StatusOK && (o.signedTx != first.signedTx || o.requestID != first.requestID):
+					t.Errorf("replay of %s signed again: %s/%s, first %s/%s", idem, o.requestID, o.signedTx, first.requestID, first.signedTx)
+				}
+				mu.Lock()
+				answered[idem] = o
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
 	}
 }
 

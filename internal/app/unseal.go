@@ -26,7 +26,7 @@ import (
 // unseal with a report (a *seal.IntegrityError), unless
 // seal.allow_key_mismatch lets the appliance serve without the refused keys.
 func (a *App) Unseal(ctx context.Context, pin []byte) (err error) {
-	m, err := OpenHSM(ctx, a.cfg, a.log, pin)
+	m, err := openHSM(ctx, a.cfg, a.log, pin, a.interpose)
 	if err != nil {
 		return err
 	}

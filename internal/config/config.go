@@ -230,6 +230,11 @@ type HSM struct {
 	SoftHSM2Conf   string   `yaml:"softhsm2_conf"`
 	PoolSize       int      `yaml:"pool_size"`
 	AcquireTimeout Duration `yaml:"acquire_timeout"`
+	// UnavailableGrace is how long the HSM may stay unusable (token lost,
+	// the module rebuilding) with /v1/health "degraded" before it turns
+	// "down" and the systemd watchdog stops being petted, which restarts
+	// the service sealed. Default 30s; negative: "down" at once.
+	UnavailableGrace Duration `yaml:"unavailable_grace"`
 }
 
 // Store configures the SQLite database.
@@ -361,6 +366,9 @@ func (c *Config) applyDefaults() {
 	}
 	if c.HSM.AcquireTimeout == 0 {
 		c.HSM.AcquireTimeout = Duration(5 * time.Second)
+	}
+	if c.HSM.UnavailableGrace == 0 {
+		c.HSM.UnavailableGrace = Duration(30 * time.Second)
 	}
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
