@@ -74,9 +74,10 @@ func isLost(err error) bool {
 		pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED,
 		pkcs11.CKR_GENERAL_ERROR,
 		// An operation is active that this package did not leave active
-		// (every search is ended, every C_Sign ends its operation): the
-		// token and the pool disagree about the session, so it is rebuilt
-		// rather than left to fail every call it serves.
+		// (every search is ended, every C_Sign ends its operation, a session
+		// whose C_SignInit failed is replaced): the token and the pool
+		// disagree about the session, so it is rebuilt rather than left to
+		// fail every call it serves.
 		pkcs11.CKR_OPERATION_ACTIVE:
 		return true
 	}

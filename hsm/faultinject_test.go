@@ -116,6 +116,7 @@ func TestInjectedFaultMatrix(t *testing.T) {
 				isLost := rv != pkcs11.CKR_FUNCTION_FAILED && rv != pkcs11.CKR_DEVICE_MEMORY
 				before := inj.Injected()
 				rebuilds0 := m.Health().Rebuilds
+				opened0, _ := inj.SessionCounts()
 				inj.FailNext(hsmfault.Fault{Op: op, RV: rv, When: when}, 1)
 				var (
 					hit error
@@ -142,29 +143,11 @@ func TestInjectedFaultMatrix(t *testing.T) {
 					t.Fatalf("%s: %v, want ErrUnavailable", name, hit)
 				}
 				eventually(t, 5*time.Second, name+": healthy again", func() bool { return m.Health().Healthy })
-				if op == hsmfault.OpSignInit && when == hsmfault.After && !isLost {
-					// The token began a signing operation and answered an
-					// error. PKCS#11 2.40 has no way to end it but a C_Sign,
-					// so the session's next C_SignInit meets
-					// CKR_OPERATION_ACTIVE and the module rebuilds: one more
-					// caller gets ErrUnavailable, as a lost token would give.
-					for i := range 2 * pool {
-						d := sha256.Sum256(fmt.Appendf(nil, "%s/wedge/%d", name, i))
-						if _, err := m.Sign(ctxT(t), ref, d[:]); err != nil {
-							if !errors.Is(err, hsm.ErrUnavailable) || !errors.Is(err, pkcs11.Error(pkcs11.CKR_OPERATION_ACTIVE)) {
-								t.Fatalf("%s: the wedged session's sign: %v", name, err)
-							}
-							break
-						}
-						if i == 2*pool-1 {
-							t.Fatalf("%s: no session met the operation the token left active", name)
-						}
-					}
-					eventually(t, 5*time.Second, name+": rebuilt after the wedged session", func() bool {
-						h := m.Health()
-						return h.Healthy && h.Rebuilds == rebuilds0+1
-					})
-					isLost = true // one rebuild, checked below
+				if opened, _ := inj.SessionCounts(); op == hsmfault.OpSignInit && !isLost && opened != opened0+1 {
+					// The token may have begun the operation though it
+					// answered an error (After), and PKCS#11 2.40 has no
+					// way to end it but a C_Sign: the session is replaced.
+					t.Fatalf("%s: %d sessions opened, want 1 (the failed one replaced)", name, opened-opened0)
 				}
 				signsEverywhere(t, m, ref, pub, pool, name)
 				if err := m.Probe(ctxT(t)); err != nil {
@@ -266,25 +249,7 @@ func TestThousandInjectedFaultsUnderLoad(t *testing.T) {
 	}
 	m, inj, ref, pub, uri := openInjected(t, pool)
 	inj.Seed(uint64(time.Now().UnixNano()))
-	for _, r := range []struct {
-		f    hsmfault.Fault
-		rate float64
-	}{
-		{hsmfault.Fault{Op: hsmfault.OpSign, RV: pkcs11.CKR_DEVICE_ERROR, When: hsmfault.After}, 0.01},
-		{hsmfault.Fault{Op: hsmfault.OpSign, RV: pkcs11.CKR_FUNCTION_FAILED, When: hsmfault.Before}, 0.02},
-		{hsmfault.Fault{Op: hsmfault.OpSignInit, RV: pkcs11.CKR_SESSION_HANDLE_INVALID, When: hsmfault.Before}, 0.01},
-		{hsmfault.Fault{Op: hsmfault.OpSignInit, RV: pkcs11.CKR_DEVICE_MEMORY, When: hsmfault.After}, 0.005},
-		{hsmfault.Fault{Op: hsmfault.OpSignInit, RV: pkcs11.CKR_DEVICE_MEMORY, When: hsmfault.Before}, 0.02},
-		{hsmfault.Fault{Op: hsmfault.OpFindObjects, RV: pkcs11.CKR_DEVICE_REMOVED, When: hsmfault.Before}, 0.05},
-		{hsmfault.Fault{Op: hsmfault.OpGetSessionInfo, RV: pkcs11.CKR_SESSION_CLOSED, When: hsmfault.Before}, 0.02},
-		{hsmfault.Fault{Op: hsmfault.OpGetTokenInfo, RV: pkcs11.CKR_TOKEN_NOT_PRESENT, When: hsmfault.Before}, 0.03},
-		{hsmfault.Fault{Op: hsmfault.OpOpenSession, RV: pkcs11.CKR_DEVICE_ERROR, When: hsmfault.After}, 0.05},
-		{hsmfault.Fault{Op: hsmfault.OpLogin, RV: pkcs11.CKR_DEVICE_ERROR, When: hsmfault.Before}, 0.05},
-		{hsmfault.Fault{Op: hsmfault.OpInitialize, RV: pkcs11.CKR_DEVICE_ERROR, When: hsmfault.Before}, 0.05},
-		{hsmfault.Fault{Op: hsmfault.OpFinalize, RV: pkcs11.CKR_GENERAL_ERROR, When: hsmfault.Before}, 0.05},
-	} {
-		inj.FailRandomly(r.f, r.rate)
-	}
+	inj.FailAtRates(hsmfault.Mix())
 
 	var (
 		signed, unavailable, failed atomic.Int64

@@ -2,11 +2,13 @@ package hsm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/miekg/pkcs11"
+	"go.uber.org/zap"
 )
 
 // generation is everything that belongs to one C_Initialize: the slot the token
@@ -203,6 +205,32 @@ func (m *Module) release(s *session) {
 	g.pool <- s.h // cannot block: capacity equals the number of sessions
 }
 
+// suspectSession wraps an error after which the session's state is unknown:
+// the token may have begun an operation it answered as failed, which
+// PKCS#11 2.40 gives no way to end. The session is replaced, not re-pooled.
+type suspectSession struct{ error }
+
+func (e suspectSession) Unwrap() error { return e.error }
+
+// replace closes borrowed session s, whose state cannot be trusted, and
+// returns a new session of its generation to the pool in its place (the
+// login is the application's, so the new session is logged in). If none
+// can be opened the generation is lost and rebuilt. s is borrowed until
+// the end, so neither call can race a rebuild's C_Finalize.
+func (m *Module) replace(s *session) {
+	if err := m.p.CloseSession(s.h); err != nil {
+		m.log.Warn("closing a session in an unknown state", zap.Error(err))
+	}
+	h, err := m.p.OpenSession(s.gen.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		m.markLost(s.gen, fmt.Sprintf("reopening a session: %v", err))
+		m.release(s) // the generation is broken: dropped, not re-pooled
+		return
+	}
+	s.h = h
+	m.release(s)
+}
+
 // do runs fn on a borrowed session. A "lost" PKCS#11 error breaks the current
 // generation, schedules a rebuild, and comes back wrapping ErrUnavailable.
 func (m *Module) do(ctx context.Context, op string, fn func(s *session) error) error {
@@ -219,7 +247,11 @@ func (m *Module) do(ctx context.Context, op string, fn func(s *session) error) e
 		m.release(s)
 		return fmt.Errorf("hsm: %s: %w: %w", op, ErrUnavailable, err)
 	}
-	m.release(s)
+	if _, ok := errors.AsType[suspectSession](err); ok {
+		m.replace(s)
+	} else {
+		m.release(s)
+	}
 	if err != nil {
 		return fmt.Errorf("hsm: %s: %w", op, err)
 	}

@@ -62,7 +62,8 @@ func (m *Module) signOn(s *session, spec algSpec, ref KeyRef, data []byte) ([]by
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("C_SignInit: %w", err)
+			// The token may have begun the operation all the same.
+			return nil, suspectSession{fmt.Errorf("C_SignInit: %w", err)}
 		}
 		sig, err := m.p.Sign(s.h, data)
 		if err != nil {

@@ -125,6 +125,43 @@ func (in *Injector) FailRandomly(f Fault, rate float64) {
 	in.rules = append(in.rules, &rule{f: f, left: -1, rate: rate})
 }
 
+// Rate is a fault and its probability per call, for FailRandomly.
+type Rate struct {
+	Fault Fault
+	P     float64
+}
+
+// Mix is every kind of fault the appliance must survive, at rates under
+// which signing still mostly works (about one signing attempt in four
+// meets one): failed calls that leave the token in place; a signing
+// operation the token began but reported failed; a lost token, before the
+// token acts and after (a signature made, its answer lost), in signing,
+// key searches and the health probe; and rebuild attempts that fail or
+// leave behind a session whose handle never arrived.
+func Mix() []Rate {
+	return []Rate{
+		{Fault{Op: OpSign, RV: pkcs11.CKR_FUNCTION_FAILED, When: Before}, 0.10},
+		{Fault{Op: OpSignInit, RV: pkcs11.CKR_DEVICE_MEMORY, When: Before}, 0.10},
+		{Fault{Op: OpSignInit, RV: pkcs11.CKR_DEVICE_MEMORY, When: After}, 0.01},
+		{Fault{Op: OpSign, RV: pkcs11.CKR_DEVICE_ERROR, When: After}, 0.02},
+		{Fault{Op: OpSignInit, RV: pkcs11.CKR_SESSION_HANDLE_INVALID, When: Before}, 0.02},
+		{Fault{Op: OpFindObjects, RV: pkcs11.CKR_DEVICE_REMOVED, When: Before}, 0.05},
+		{Fault{Op: OpGetSessionInfo, RV: pkcs11.CKR_SESSION_CLOSED, When: Before}, 0.05},
+		{Fault{Op: OpGetTokenInfo, RV: pkcs11.CKR_TOKEN_NOT_PRESENT, When: Before}, 0.05},
+		{Fault{Op: OpOpenSession, RV: pkcs11.CKR_DEVICE_ERROR, When: After}, 0.03},
+		{Fault{Op: OpLogin, RV: pkcs11.CKR_DEVICE_ERROR, When: Before}, 0.03},
+		{Fault{Op: OpInitialize, RV: pkcs11.CKR_DEVICE_ERROR, When: Before}, 0.03},
+		{Fault{Op: OpFinalize, RV: pkcs11.CKR_GENERAL_ERROR, When: Before}, 0.05},
+	}
+}
+
+// FailAtRates is FailRandomly for each of rates.
+func (in *Injector) FailAtRates(rates []Rate) {
+	for _, r := range rates {
+		in.FailRandomly(r.Fault, r.P)
+	}
+}
+
 // Seed reseeds the generator behind FailRandomly, so a failing run can be
 // repeated (as far as the interleaving of concurrent callers allows).
 func (in *Injector) Seed(seed uint64) {
