@@ -96,7 +96,8 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
 fi
 
 echo "== start the appliance (pool $pool, log $bench/appliance.log)"
-bin/appliance serve --config "$cfg" >>"$bench/appliance.log" 2>&1 &
+# BENCH_APPLIANCE_ENV: extra environment for the appliance alone (e.g. GOMAXPROCS=1), for experiments.
+env ${BENCH_APPLIANCE_ENV:-} bin/appliance serve --config "$cfg" >>"$bench/appliance.log" 2>&1 &
 pid=$!
 echo "$pid" >"$bench/appliance.pid"
 stop_appliance() {

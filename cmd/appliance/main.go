@@ -236,6 +236,7 @@ func serve(args []string) error {
 	if err := logHardening(log, cfg.Mode, hardening, hardeningErr); err != nil {
 		return err
 	}
+	tuneGC(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := app.New(ctx, cfg, log, version)

@@ -96,11 +96,11 @@ func (e *Engine) evaluate(ctx context.Context, q Queryer, req Request) (Decision
 	if err != nil {
 		return Decision{}, plan{}, err
 	}
-	c, version, err := e.currentCompiled(ctx, q, req.KeyID)
+	c, version, buckets, err := e.currentCompiled(ctx, q, req.KeyID, req.Principal)
 	if err != nil {
 		return Decision{}, plan{}, err
 	}
-	ev := evaluation{ctx: ctx, q: q, req: req, c: c, p: &p}
+	ev := evaluation{ctx: ctx, q: q, req: req, c: c, buckets: buckets, p: &p}
 	d, err := ev.run()
 	if err != nil {
 		return Decision{}, plan{}, err
@@ -158,11 +158,12 @@ func checkRequest(req Request) (plan, error) {
 
 // evaluation is one run of the checks.
 type evaluation struct {
-	ctx context.Context
-	q   Queryer
-	req Request
-	c   *compiled
-	p   *plan
+	ctx     context.Context
+	q       Queryer
+	req     Request
+	c       *compiled
+	buckets storedBuckets // as read with the rules
+	p       *plan
 }
 
 func deny(code, rule, format string, a ...any) Decision {
@@ -330,7 +331,7 @@ func (ev *evaluation) windows() (Decision, bool, error) {
 }
 
 func (ev *evaluation) rates() (Decision, bool, error) {
-	bs, err := rateBuckets(ev.ctx, ev.q, ev.c, ev.req, ev.req.Now)
+	bs, err := rateBuckets(ev.c, ev.buckets, ev.req, ev.req.Now)
 	if err != nil {
 		return Decision{}, false, err
 	}

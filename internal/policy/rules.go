@@ -348,35 +348,51 @@ func CurrentRules(ctx context.Context, q Queryer, keyID string) (Rules, int, err
 	return r, v, nil
 }
 
-// currentCompiled is CurrentRules, compiled. The stored text of each key's
-// current rules is read on every evaluation (inside the caller's transaction,
-// so a change committed by anyone is seen at once); parsing and compiling it
-// is skipped when the text is the one compiled last time for that key.
-// A compiled rule set is never modified after compile returns.
-func (e *Engine) currentCompiled(ctx context.Context, q Queryer, keyID string) (*compiled, int, error) {
+// evaluationRead is the statement an evaluation starts with: the key's
+// current rules and the rows of its two rate buckets for the principal
+// (?1 the key, ?2 the principal). No row: the key has no rules. (+?: see
+// sumTable in usage.go.)
+const evaluationRead = `SELECT version, rules,
+		(SELECT tokens FROM policy_buckets WHERE scope = 'client' AND key_id = +?1 AND principal = +?2),
+		(SELECT updated_at FROM policy_buckets WHERE scope = 'client' AND key_id = +?1 AND principal = +?2),
+		(SELECT tokens FROM policy_buckets WHERE scope = 'key' AND key_id = +?1 AND principal = ''),
+		(SELECT updated_at FROM policy_buckets WHERE scope = 'key' AND key_id = +?1 AND principal = '')
+	FROM policy_rules WHERE key_id = +?1 ORDER BY version DESC LIMIT 1`
+
+// currentCompiled is CurrentRules, compiled, with the rows of the key's rate
+// buckets for principal. The stored text of each key's current rules is read
+// on every evaluation (inside the caller's transaction, so a change
+// committed by anyone is seen at once); parsing and compiling it is skipped
+// when the text is the one compiled last time for that key. A compiled rule
+// set is never modified after compile returns.
+func (e *Engine) currentCompiled(ctx context.Context, q Queryer, keyID, principal string) (*compiled, int, storedBuckets, error) {
 	var body string
 	var v int
-	err := q.QueryRowContext(ctx, currentRulesQuery, keyID).Scan(&v, &body)
+	var ct, kt sql.NullFloat64
+	var ca, ka sql.NullInt64
+	err := q.QueryRowContext(ctx, evaluationRead, keyID, principal).Scan(&v, &body, &ct, &ca, &kt, &ka)
 	if errors.Is(err, sql.ErrNoRows) {
 		c, err := Rules{}.compile()
-		return c, 0, err
+		return c, 0, storedBuckets{}, err
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("policy: read rules for %q: %w", keyID, err)
+		return nil, 0, storedBuckets{}, fmt.Errorf("policy: read rules for %q: %w", keyID, err)
 	}
+	var st storedBuckets
+	st.from(ct, ca, kt, ka)
 	e.compiledMu.Lock()
 	hit, ok := e.compiled[keyID]
 	e.compiledMu.Unlock()
 	if ok && hit.version == v && hit.body == body {
-		return hit.c, v, nil
+		return hit.c, v, st, nil
 	}
 	r, err := decodeStored(body)
 	if err != nil {
-		return nil, 0, fmt.Errorf("policy: rules v%d for %q: %w", v, keyID, err)
+		return nil, 0, storedBuckets{}, fmt.Errorf("policy: rules v%d for %q: %w", v, keyID, err)
 	}
 	c, err := r.compile()
 	if err != nil {
-		return nil, 0, fmt.Errorf("policy: rules v%d for %q: %w: %w", v, keyID, ErrCorrupt, err)
+		return nil, 0, storedBuckets{}, fmt.Errorf("policy: rules v%d for %q: %w: %w", v, keyID, ErrCorrupt, err)
 	}
 	e.compiledMu.Lock()
 	if e.compiled == nil || len(e.compiled) >= maxCompiled {
@@ -384,7 +400,7 @@ func (e *Engine) currentCompiled(ctx context.Context, q Queryer, keyID string) (
 	}
 	e.compiled[keyID] = compiledRules{version: v, body: body, c: c}
 	e.compiledMu.Unlock()
-	return c, v, nil
+	return c, v, st, nil
 }
 
 // maxCompiled bounds the compiled rules kept (one set per key in use).
@@ -396,7 +412,9 @@ type compiledRules struct {
 	c       *compiled
 }
 
-const currentRulesQuery = `SELECT version, rules FROM policy_rules WHERE key_id = ?
+// currentRulesQuery reads a key's newest rules. (+?: compiled once, not on
+// every use; see sumTable in usage.go.)
+const currentRulesQuery = `SELECT version, rules FROM policy_rules WHERE key_id = +?
 		ORDER BY version DESC LIMIT 1`
 
 // RulesVersion returns one recorded version of keyID's rules, or an error

@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,22 +63,26 @@ import (
 // (key_id, asset) in (at, seq) order: policy_usage and
 // policy_usage_released. They must stay index seeks; TestUsageQueryPlans
 // checks them with EXPLAIN QUERY PLAN.
+//
+// The unary + on the key and asset parameters is for the statement cache,
+// not the plan (the seek is the same): SQLite marks a statement that has an
+// ORDER BY and a `column = ?` for re-preparation on every new binding, and
+// the driver clears the bindings of every statement it caches, so without
+// it each of these reads was compiled again on every use.
+// TestSigningPathStatementsStayPrepared (internal/store) checks it.
 type sumTable struct {
-	name  string
-	last  string // the newest row
-	upTo  string // the newest row at or before a time
-	first string // the oldest remaining row
+	name string
+	last string // the newest row
+	upTo string // the newest row at or before a time
 }
 
 func newSumTable(table string) sumTable {
 	return sumTable{
 		name: table,
-		last: `SELECT at, cum FROM ` + table + ` WHERE key_id = ? AND asset = ?
+		last: `SELECT at, cum FROM ` + table + ` WHERE key_id = +? AND asset = +?
 			ORDER BY at DESC, seq DESC LIMIT 1`,
-		upTo: `SELECT cum FROM ` + table + ` WHERE key_id = ? AND asset = ? AND at <= ?
+		upTo: `SELECT cum FROM ` + table + ` WHERE key_id = +? AND asset = +? AND at <= ?
 			ORDER BY at DESC, seq DESC LIMIT 1`,
-		first: `SELECT cum, amount FROM ` + table + ` WHERE key_id = ? AND asset = ?
-			ORDER BY at, seq LIMIT 1`,
 	}
 }
 
@@ -95,10 +100,11 @@ const (
 		WHERE u.request_id = ? AND NOT EXISTS (SELECT 1 FROM policy_usage_released AS r WHERE r.seq = u.seq)
 		ORDER BY u.seq`
 	// qReleasedBefore: the last release entry before a usage row (at, seq).
-	qReleasedBefore = `SELECT cum FROM policy_usage_released WHERE key_id = ? AND asset = ? AND at <= ? AND seq < ?
+	// (+?: see sumTable.)
+	qReleasedBefore = `SELECT cum FROM policy_usage_released WHERE key_id = +? AND asset = +? AND at <= ? AND seq < ?
 		ORDER BY at DESC, seq DESC LIMIT 1`
 	// qReleasedAfter: the release entries after a usage row (at, seq).
-	qReleasedAfter = `SELECT seq, amount, cum FROM policy_usage_released WHERE key_id = ? AND asset = ? AND at >= ? AND seq > ?
+	qReleasedAfter = `SELECT seq, amount, cum FROM policy_usage_released WHERE key_id = +? AND asset = +? AND at >= ? AND seq > ?
 		ORDER BY at, seq`
 	qInsertReleased = `INSERT INTO policy_usage_released (seq, request_id, key_id, asset, amount, at, cum)
 		VALUES (?, ?, ?, ?, ?, ?, ?)`
@@ -151,48 +157,101 @@ func (t sumTable) lastRow(ctx context.Context, q Queryer, keyID, asset string) (
 	return h, nil
 }
 
+// windowReadTimes bounds the distinct window times windowUsage reads in its
+// one statement; each further one (rules with many windows on one asset)
+// takes a statement of its own.
+const windowReadTimes = 4
+
+// windowReads[n] reads, for a key and asset (?1, ?2) and n distinct times
+// (?3 …), everything windowUsage needs, per table (policy_usage, then
+// policy_usage_released): the newest row's at and cum, the oldest remaining
+// row's cum and amount, and the cum of the newest row at or before each
+// time. Each column is a seek on the table's (key_id, asset, at) index, as a
+// scalar subquery (TestUsageQueryPlans checks them): one statement instead
+// of one per seek.
+var windowReads = func() (qs [windowReadTimes + 1]string) {
+	for n := range qs {
+		var cols []string
+		for _, t := range []sumTable{usageSums, releasedSums} {
+			seek := func(col, cond, order string) string {
+				return `(SELECT ` + col + ` FROM ` + t.name + ` WHERE key_id = +?1 AND asset = +?2` + cond +
+					` ORDER BY ` + order + ` LIMIT 1)`
+			}
+			cols = append(cols, seek("at", "", "at DESC, seq DESC"), seek("cum", "", "at DESC, seq DESC"),
+				seek("cum", "", "at, seq"), seek("amount", "", "at, seq"))
+			for i := range n {
+				cols = append(cols, seek("cum", fmt.Sprintf(" AND at <= ?%d", i+3), "at DESC, seq DESC"))
+			}
+		}
+		qs[n] = "SELECT " + strings.Join(cols, ",\n\t")
+	}
+	return qs
+}()
+
+// sumRead is what windowReads read of one table.
+type sumRead struct {
+	lastAt                         sql.NullInt64
+	lastCum, firstCum, firstAmount sql.NullString
+	times                          []int64          // the times read …
+	upTo                           []sql.NullString // … and the cum at or before each
+}
+
+func (r *sumRead) dest(n int) []any {
+	r.upTo = make([]sql.NullString, n)
+	d := []any{&r.lastAt, &r.lastCum, &r.firstCum, &r.firstAmount}
+	for i := range r.upTo {
+		d = append(d, &r.upTo[i])
+	}
+	return d
+}
+
 // sumsAfter returns, for each of ts, the total amount of keyID's asset in t
-// with at > ts[i], and the newest row. It reads the newest row, then one
-// row per distinct time (and the oldest row, once, when a time is before
-// every remaining row): index seeks, whatever the number of rows summed.
-func (t sumTable) sumsAfter(ctx context.Context, q Queryer, keyID, asset string, ts []int64) ([]*big.Int, usageHead, error) {
+// with at > ts[i], and the newest row, from what rd read: the newest row,
+// the newest row up to each distinct time (each time rd did not read is read
+// now, one seek each), and the oldest row, used when a time is before every
+// remaining row. Index seeks, whatever the number of rows summed.
+func (t sumTable) sumsAfter(ctx context.Context, q Queryer, keyID, asset string, ts []int64, rd *sumRead) ([]*big.Int, usageHead, error) {
 	sums := make([]*big.Int, len(ts))
 	for i := range sums {
 		sums[i] = new(big.Int)
 	}
-	head, err := t.lastRow(ctx, q, keyID, asset)
-	if err != nil || !head.found {
-		return sums, head, err
+	if !rd.lastAt.Valid {
+		return sums, usageHead{}, nil
+	}
+	head := usageHead{found: true, at: rd.lastAt.Int64}
+	var err error
+	if head.cum, err = storedAmount("running total", rd.lastCum.String, keyID, asset); err != nil {
+		return nil, usageHead{}, err
 	}
 	var beforeFirst *big.Int // the oldest row's cum − amount: what was pruned before it
 	upTo := make(map[int64]*big.Int, len(ts))
 	for i, at := range ts {
 		p, ok := upTo[at]
 		if !ok {
-			var cum string
-			err := q.QueryRowContext(ctx, t.upTo, keyID, asset, at).Scan(&cum)
+			var cum sql.NullString
+			if j := slices.Index(rd.times, at); j >= 0 {
+				cum = rd.upTo[j]
+			} else if err := q.QueryRowContext(ctx, t.upTo, keyID, asset, at).Scan(&cum.String); err == nil {
+				cum.Valid = true
+			} else if !errors.Is(err, sql.ErrNoRows) {
+				return nil, usageHead{}, fmt.Errorf("policy: read %s of %q %s: %w", t.name, keyID, asset, err)
+			}
 			switch {
-			case errors.Is(err, sql.ErrNoRows):
+			case !cum.Valid:
 				if beforeFirst == nil {
-					var amount string
-					if err := q.QueryRowContext(ctx, t.first, keyID, asset).Scan(&cum, &amount); err != nil {
-						return nil, usageHead{}, fmt.Errorf("policy: read %s of %q %s: %w", t.name, keyID, asset, err)
-					}
-					c, err := storedAmount("running total", cum, keyID, asset)
+					c, err := storedAmount("running total", rd.firstCum.String, keyID, asset)
 					if err != nil {
 						return nil, usageHead{}, err
 					}
-					a, err := storedAmount("amount", amount, keyID, asset)
+					a, err := storedAmount("amount", rd.firstAmount.String, keyID, asset)
 					if err != nil {
 						return nil, usageHead{}, err
 					}
 					beforeFirst = c.Sub(c, a)
 				}
 				p = beforeFirst
-			case err != nil:
-				return nil, usageHead{}, fmt.Errorf("policy: read %s of %q %s: %w", t.name, keyID, asset, err)
 			default:
-				if p, err = storedAmount("running total", cum, keyID, asset); err != nil {
+				if p, err = storedAmount("running total", cum.String, keyID, asset); err != nil {
 					return nil, usageHead{}, err
 				}
 			}
@@ -207,29 +266,43 @@ func (t sumTable) sumsAfter(ctx context.Context, q Queryer, keyID, asset string,
 // in (now-d, now] and also anything recorded after now (a clock that
 // stepped back must not hide usage), less what was released; and the
 // newest usage row, which record appends after. A handful of index seeks
-// per distinct window length, never the rows inside the windows.
+// per distinct window length, never the rows inside the windows, all in one
+// statement for up to windowReadTimes window lengths.
 func windowUsage(ctx context.Context, q Queryer, keyID, asset string, now int64, ws []window) ([]*big.Int, usageHead, error) {
 	ts := make([]int64, len(ws))
+	var times []int64 // distinct, in order, at most windowReadTimes
 	for i, w := range ws {
 		ts[i] = now - int64(w.d)
+		if len(times) < windowReadTimes && !slices.Contains(times, ts[i]) {
+			times = append(times, ts[i])
+		}
 	}
-	used, head, err := usageSums.sumsAfter(ctx, q, keyID, asset, ts)
+	used, released := sumRead{times: times}, sumRead{times: times}
+	args := []any{keyID, asset}
+	for _, at := range times {
+		args = append(args, at)
+	}
+	if err := q.QueryRowContext(ctx, windowReads[len(times)], args...).
+		Scan(append(used.dest(len(times)), released.dest(len(times))...)...); err != nil {
+		return nil, usageHead{}, fmt.Errorf("policy: read window usage of %q %s: %w", keyID, asset, err)
+	}
+	sums, head, err := usageSums.sumsAfter(ctx, q, keyID, asset, ts, &used)
 	if err != nil || !head.found {
-		return used, head, err
+		return sums, head, err
 	}
-	released, _, err := releasedSums.sumsAfter(ctx, q, keyID, asset, ts)
+	freed, _, err := releasedSums.sumsAfter(ctx, q, keyID, asset, ts, &released)
 	if err != nil {
 		return nil, usageHead{}, err
 	}
-	for i, r := range released {
+	for i, r := range freed {
 		// A running total below an earlier one, or more released than
 		// used: the invariants do not hold. Fail closed.
-		if r.Sign() < 0 || used[i].Sub(used[i], r).Sign() < 0 {
+		if r.Sign() < 0 || sums[i].Sub(sums[i], r).Sign() < 0 {
 			return nil, usageHead{}, fmt.Errorf("policy: window usage of %q %s %s is %s after releasing %s: %w",
-				keyID, asset, ws[i].d, used[i], r, ErrCorrupt)
+				keyID, asset, ws[i].d, sums[i], r, ErrCorrupt)
 		}
 	}
-	return used, head, nil
+	return sums, head, nil
 }
 
 // appendUsage records amount (> 0) of keyID's asset under requestID at

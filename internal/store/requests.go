@@ -86,20 +86,25 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 	err := s.WriteTx(ctx, func(tx *Tx) error {
 		ctx := context.WithoutCancel(ctx) // see detached
 
-		if r.IdempotencyKey != "" {
+		inserted, err := insertRequest(ctx, tx, &r)
+		if err != nil {
+			return err
+		}
+		if !inserted {
+			// The row was not written: the principal has a request under
+			// this idempotency key already (or, 2^-128 likely, this id is
+			// taken).
 			prev, err := scanRequest(tx.QueryRowContext(ctx,
 				idempotencyLookup,
 				r.Principal, r.IdempotencyKey))
-			if err == nil {
-				out = prev
-				return nil
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("store: request %s: id already recorded: %w", r.ID, ErrConflict)
 			}
-			if !errors.Is(err, sql.ErrNoRows) {
+			if err != nil {
 				return fmt.Errorf("store: idempotency lookup: %w", err)
 			}
-		}
-		if err := insertRequest(ctx, tx, &r); err != nil {
-			return err
+			out = prev
+			return nil
 		}
 		if hook != nil {
 			if err := hook(tx, &r); err != nil {
@@ -123,21 +128,27 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 	return out, created, nil
 }
 
-func insertRequest(ctx context.Context, tx *Tx, r *Request) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO requests (`+requestColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+// insertRequest inserts r and reports whether it did: a row with r's id, or
+// a request of r's principal under r's idempotency key, leaves the table
+// as it was and gives false. The unique indexes make the idempotency check,
+// so a new request costs one statement, not a lookup and an insert.
+func insertRequest(ctx context.Context, tx *Tx, r *Request) (bool, error) {
+	res, err := tx.ExecContext(ctx, `INSERT INTO requests (`+requestColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
 		r.ID, r.Principal, r.IdempotencyKey, r.KeyID, r.Chain, r.Network, nonNil(r.Payload), nonNil(r.PayloadHash),
 		r.Intent, r.Digest, r.State, r.SignedTx, r.TxHash, r.ErrorCode, r.ErrorMessage,
 		r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), r.SignedPSBT)
 	switch {
-	case isUnique(err):
-		return fmt.Errorf("store: request %s: id or idempotency key already recorded: %w", r.ID, ErrConflict)
 	case isForeignKey(err):
-		return fmt.Errorf("store: request %s: key %q is not registered: %w", r.ID, r.KeyID, ErrNotFound)
+		return false, fmt.Errorf("store: request %s: key %q is not registered: %w", r.ID, r.KeyID, ErrNotFound)
 	case err != nil:
-		return fmt.Errorf("store: insert request %s: %w", r.ID, err)
+		return false, fmt.Errorf("store: insert request %s: %w", r.ID, err)
 	}
-	return nil
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("store: insert request %s: %w", r.ID, err)
+	}
+	return n == 1, nil
 }
 
 // nonNil keeps NOT NULL blob columns satisfied by an empty payload.

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/custodysigner/appliance/internal/audit"
 )
 
 func storeWithKey(t testing.TB) *Store {
@@ -93,6 +95,44 @@ func TestCreateRequest(t *testing.T) {
 	}
 }
 
+// TestCreateRequestReplayFirst: a replay is recognised before anything else
+// about the new request is checked, and writes nothing: not a row, not an
+// audit entry. Only a new request's id clash or unknown key is an error.
+func TestCreateRequestReplayFirst(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	first, created, err := s.CreateRequest(ctx, newReq("p", "idem"), nil)
+	if err != nil || !created {
+		t.Fatal(err)
+	}
+	head, _, err := s.AuditHead(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknownKey := newReq("p", "idem")
+	unknownKey.KeyID = "no-such-key"
+	sameID := newReq("p", "idem")
+	sameID.ID = first.ID
+	for name, r := range map[string]Request{"unregistered key": unknownKey, "same id": sameID, "plain": newReq("p", "idem")} {
+		got, created, err := s.CreateRequest(ctx, r, nil)
+		if err != nil || created || got.ID != first.ID {
+			t.Errorf("%s: replay = %s created=%v %v; want %s", name, got.ID, created, err, first.ID)
+		}
+	}
+	if after, _, _ := s.AuditHead(ctx); after != head {
+		t.Errorf("replays appended audit entries: head %d → %d", head, after)
+	}
+	// A new idempotency key under an id already taken: a conflict, not a replay.
+	clash := newReq("p", "other")
+	clash.ID = first.ID
+	if _, _, err := s.CreateRequest(ctx, clash, nil); !errors.Is(err, ErrConflict) {
+		t.Errorf("id clash = %v, want ErrConflict", err)
+	}
+	if n := count(t, s, ""); n != 1 {
+		t.Fatalf("%d requests, want 1", n)
+	}
+}
+
 func TestCreateRequestRejects(t *testing.T) {
 	ctx := context.Background()
 	s := storeWithKey(t)
@@ -165,6 +205,53 @@ func TestCreateRequestHook(t *testing.T) {
 	})
 	if err != nil || !created || r.State != "pending_approval" {
 		t.Fatalf("CreateRequest = %+v created=%v err=%v; want state pending_approval", r, created, err)
+	}
+}
+
+// TestCreateRequestAuditChain: the request's audit entry links to the
+// entry before it whatever the hook appended in between, alone and with
+// concurrent requests sharing a commit.
+func TestCreateRequestAuditChain(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	if err := s.InsertKey(ctx, testKey("eth-dev", 1, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 24 {
+		wg.Go(func() {
+			r, created, err := s.CreateRequest(ctx, newReq("p", fmt.Sprint("idem-", i)), func(tx *Tx, r *Request) error {
+				for range i % 3 {
+					if err := AppendEvent(ctx, tx, "hook", "p", r.ID); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil || !created {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			if err := s.CompleteRequest(ctx, r.ID, []byte{2}, "0xabc"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	v, err := audit.NewVerifier(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AuditEntries(ctx, 0, 0, v.Add); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := v.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The key's entry, then per request its entry, the hook's and the completion's.
+	if want := int64(1 + 24*2 + (8*0 + 8*1 + 8*2)); rep.HeadSeq != want {
+		t.Fatalf("%d entries, want %d", rep.HeadSeq, want)
 	}
 }
 
