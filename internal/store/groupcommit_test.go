@@ -301,3 +301,207 @@ func TestHotStatementsUseIndexes(t *testing.T) {
 		}
 	}
 }
+
+// A member whose writes need no answer of their own (writeTxEarly's early
+// true) is let go once they are in the shared transaction, before the
+// COMMIT: here while a later member of its batch still holds the
+// transaction open, and its row is not yet visible to a reader. Its next
+// write commits after that transaction. A member whose early says false
+// waits for the COMMIT as ever.
+func TestGroupCommitEarlyMember(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	createScratch(t, s)
+	var wg sync.WaitGroup
+	release := holdWriteTx(t, s, &wg, insert1)
+	errs := make([]error, 5)
+	returned := make([]chan struct{}, 5)
+	submit := func(i int, early func() bool, fn func(*Tx) error) {
+		returned[i] = make(chan struct{})
+		wg.Go(func() {
+			errs[i] = s.writeTxEarly(ctx, fn, early, nil)
+			close(returned[i])
+		})
+		waitQueued(t, s, i-1)
+	}
+	insert := func(n int) func(*Tx) error {
+		return func(tx *Tx) error {
+			_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (?)`, n)
+			return err
+		}
+	}
+	yes, no := func() bool { return true }, func() bool { return false }
+	gate, inside := make(chan struct{}), make(chan struct{})
+	submit(2, yes, insert(2)) // the next batch's leader: waits whatever early says
+	submit(3, yes, insert(3))
+	submit(4, no, insert(4))
+	// The last member holds the batch's transaction open.
+	returned[0] = make(chan struct{})
+	wg.Go(func() {
+		errs[0] = s.WriteTx(ctx, func(tx *Tx) error {
+			close(inside)
+			<-gate
+			_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (5)`)
+			return err
+		})
+		close(returned[0])
+	})
+	waitQueued(t, s, 4)
+	release()
+	<-inside
+	select {
+	case <-returned[3]:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the early member did not return while the batch was open")
+	}
+	if errs[3] != nil {
+		t.Fatalf("early member: %v", errs[3])
+	}
+	for _, i := range []int{2, 4} {
+		select {
+		case <-returned[i]:
+			t.Fatalf("member %d returned before the COMMIT", i)
+		default:
+		}
+	}
+	if got := scratchRows(t, s); got[3] {
+		t.Fatal("the early member's row is visible before the COMMIT")
+	}
+	// Its next write queues behind the open transaction and sees its row.
+	next := make(chan error, 1)
+	go func() {
+		next <- s.WriteTx(ctx, func(tx *Tx) error {
+			res, err := tx.Exec(`UPDATE scratch SET n = 30 WHERE n = 3`)
+			if err != nil {
+				return err
+			}
+			if k, _ := res.RowsAffected(); k != 1 {
+				return errors.New("the early member's row is not there")
+			}
+			return nil
+		})
+	}()
+	waitQueued(t, s, 1)
+	close(gate)
+	wg.Wait()
+	if err := <-next; err != nil {
+		t.Fatal(err)
+	}
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+	got := scratchRows(t, s)
+	if !got[1] || !got[2] || !got[30] || !got[4] || !got[5] || len(got) != 5 {
+		t.Fatalf("rows %v", got)
+	}
+}
+
+// An early member whose shared transaction is lost after it was let go:
+// its writes are gone, and its next write, which needs them, fails; the
+// members still waiting get the error.
+func TestGroupCommitEarlyMemberLost(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	createScratch(t, s)
+	var wg sync.WaitGroup
+	release := holdWriteTx(t, s, &wg, insert1)
+	errs := make([]error, 4)
+	insert := func(n int) func(*Tx) error {
+		return func(tx *Tx) error {
+			_, err := tx.Exec(`INSERT INTO scratch (n) VALUES (?)`, n)
+			return err
+		}
+	}
+	wg.Go(func() { errs[1] = s.WriteTx(ctx, insert(2)) }) // leader
+	waitQueued(t, s, 1)
+	var lostWith error
+	wg.Go(func() {
+		errs[2] = s.writeTxEarly(ctx, insert(3), func() bool { return true }, func(err error) { lostWith = err })
+	})
+	waitQueued(t, s, 2)
+	wg.Go(func() {
+		errs[3] = s.WriteTx(ctx, func(tx *Tx) error {
+			if err := insert(4)(tx); err != nil {
+				return err
+			}
+			_, err := tx.Exec(`ROLLBACK`) // the shared transaction is lost
+			return err
+		})
+	})
+	waitQueued(t, s, 3)
+	release()
+	wg.Wait()
+	if errs[2] != nil {
+		t.Fatalf("early member: %v (it was let go before the loss)", errs[2])
+	}
+	if lostWith == nil {
+		t.Fatal("the early member's loss was not reported to it")
+	}
+	if errs[1] == nil || errs[3] == nil {
+		t.Fatalf("waiting members of the lost transaction: %v, %v; want errors", errs[1], errs[3])
+	}
+	err := s.WriteTx(ctx, func(tx *Tx) error {
+		res, err := tx.Exec(`UPDATE scratch SET n = 30 WHERE n = 3`)
+		if err != nil {
+			return err
+		}
+		if k, _ := res.RowsAffected(); k != 0 {
+			return errors.New("the lost early member's row is there")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := scratchRows(t, s); !got[1] || len(got) != 1 {
+		t.Fatalf("rows %v, want only the holder's", got)
+	}
+}
+
+// CreateRequestToSign returns before the COMMIT; when that transaction is
+// then lost, the caller's next write about the request says why it was not
+// recorded (once), instead of a bare "not found".
+func TestCreateRequestToSignLost(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	createScratch(t, s)
+	if err := s.InsertKey(ctx, testKey("eth-dev", 1, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	release := holdWriteTx(t, s, &wg, insert1)
+	wg.Go(func() {
+		if err := s.WriteTx(ctx, func(tx *Tx) error { _, err := tx.Exec(`INSERT INTO scratch (n) VALUES (2)`); return err }); err == nil {
+			t.Error("the leader of the lost transaction succeeded")
+		}
+	})
+	waitQueued(t, s, 1)
+	var (
+		rec     Request
+		created bool
+		cerr    error
+	)
+	wg.Go(func() { rec, created, cerr = s.CreateRequestToSign(ctx, newReq("p", "lost"), nil) })
+	waitQueued(t, s, 2)
+	wg.Go(func() {
+		_ = s.WriteTx(ctx, func(tx *Tx) error { _, err := tx.Exec(`ROLLBACK`); return err })
+	})
+	waitQueued(t, s, 3)
+	release()
+	wg.Wait()
+	if cerr != nil || !created || rec.State != StateSigning {
+		t.Fatalf("CreateRequestToSign: %+v created=%v %v", rec, created, cerr)
+	}
+	err := s.CompleteRequestWith(ctx, rec.ID, Completion{SignedTx: []byte{1}, TxHash: "0x01"})
+	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "was not recorded") {
+		t.Fatalf("outcome of the lost request: %v, want why it was not recorded", err)
+	}
+	if err := s.FailRequest(ctx, rec.ID, "x", "y"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second write about the lost request: %v, want ErrNotFound", err)
+	}
+	if _, err := s.GetRequest(ctx, rec.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the lost request is there: %v", err)
+	}
+}
