@@ -57,7 +57,7 @@ func (noObserver) RecordOK()          {}
 
 // Store is the part of the store the service uses.
 type Store interface {
-	CreateRequestToSign(ctx context.Context, r store.Request, hook func(*store.Tx, *store.Request) error) (store.Request, bool, error)
+	CreateRequest(ctx context.Context, r store.Request, hook func(*store.Tx, *store.Request) error) (store.Request, bool, error)
 	CompleteRequestWith(ctx context.Context, id string, c store.Completion) error
 	FailRequest(ctx context.Context, id, code, message string) error
 	RestartRequest(ctx context.Context, id string) error
@@ -186,10 +186,7 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		ae := apierr.From(prep.refuse)
 		state, code, message = store.StateDenied, ae.Code, ae.Message
 	}
-	// The store may let a request to be signed go on before its COMMIT:
-	// signing overlaps the fsync, and nothing is answered before the
-	// outcome, recorded by sign after this write, has committed.
-	rec, created, err := s.store.CreateRequestToSign(ctx, store.Request{
+	rec, created, err := s.store.CreateRequest(ctx, store.Request{
 		Principal:      p.Name,
 		IdempotencyKey: req.IdempotencyKey,
 		KeyID:          key.ID,

@@ -44,15 +44,6 @@ const maxGroup = 64
 type writeJob struct {
 	ctx context.Context
 	fn  func(tx *Tx) error
-	// early, if set, is asked once fn has run and its savepoint is
-	// released; true lets the caller go on before the COMMIT (see
-	// writeTxEarly). Called on the leader's goroutine, right after fn.
-	early func() bool
-	// acked: the caller was let go before the COMMIT; nothing of the job
-	// may be written any more (its goroutine reads it). If the transaction
-	// is then lost, lostAfterAck is told why instead.
-	acked        bool
-	lostAfterAck func(error)
 
 	err      error
 	panicked any
@@ -90,22 +81,7 @@ func (s *Store) GroupCommitStats() (batches, jobs uint64) {
 // caller's; a panic in fn is re-raised in the caller. If ctx ends before fn
 // starts, fn does not run.
 func (s *Store) WriteTx(ctx context.Context, fn func(tx *Tx) error) error {
-	return s.writeTxEarly(ctx, fn, nil, nil)
-}
-
-// writeTxEarly is WriteTx for a write whose caller does not answer anyone
-// on it: if early returns true once fn has run, the caller may go on while
-// its writes wait in the shared transaction for the COMMIT, without waiting
-// for the fsync. It is for a request recorded before it is signed: what the
-// caller does next is to sign and record the outcome with another write,
-// which commits after this one, and only that second write's caller
-// answers. If the shared transaction is lost after the caller went on, its
-// writes are gone and that second write finds nothing to update, so
-// nothing signed meanwhile is answered; lostAfterAck (if set) is told the
-// error that lost them, so the second write can say why. A caller that runs its writes as
-// the batch's leader, or alone, waits for the COMMIT as ever.
-func (s *Store) writeTxEarly(ctx context.Context, fn func(tx *Tx) error, early func() bool, lostAfterAck func(error)) error {
-	j := &writeJob{ctx: ctx, fn: fn, early: early, lostAfterAck: lostAfterAck, wake: make(chan bool, 1)}
+	j := &writeJob{ctx: ctx, fn: fn, wake: make(chan bool, 1)}
 	g := &s.gc
 	g.mu.Lock()
 	g.queue = append(g.queue, j)
@@ -135,9 +111,9 @@ func (s *Store) lead(own *writeJob) {
 		g.mu.Unlock()
 
 		ownDone := false
-		requeue := s.runBatch(batch, own)
+		requeue := s.runBatch(batch)
 		for _, j := range batch {
-			if j.acked || requeued(j, requeue) {
+			if requeued(j, requeue) {
 				continue
 			}
 			if j == own {
@@ -178,7 +154,7 @@ func requeued(j *writeJob, requeue []*writeJob) bool {
 // runBatch runs the jobs as one transaction and sets each job's outcome. It
 // returns the jobs that did not run because the transaction was lost before
 // their turn; they go back to the head of the queue.
-func (s *Store) runBatch(batch []*writeJob, own *writeJob) (requeue []*writeJob) {
+func (s *Store) runBatch(batch []*writeJob) (requeue []*writeJob) {
 	s.gc.batches.Add(1)
 	defer func() { s.gc.jobs.Add(uint64(len(batch) - len(requeue))) }()
 	if len(batch) == 1 {
@@ -200,7 +176,7 @@ func (s *Store) runBatch(batch []*writeJob, own *writeJob) (requeue []*writeJob)
 	lost := func(i int, err error) []*writeJob {
 		_ = tx.Rollback()
 		for _, j := range ran {
-			s.failJob(j, fmt.Errorf("store: group transaction lost: %w", err))
+			j.err = fmt.Errorf("store: group transaction lost: %w", err)
 		}
 		return batch[i:]
 	}
@@ -229,10 +205,6 @@ func (s *Store) runBatch(batch []*writeJob, own *writeJob) (requeue []*writeJob)
 			return lost(i+1, err)
 		}
 		ran = append(ran, j)
-		if j != own && j.early != nil && j.early() {
-			j.acked = true
-			j.wake <- false
-		}
 	}
 	if len(ran) == 0 {
 		_ = tx.Rollback()
@@ -240,21 +212,10 @@ func (s *Store) runBatch(batch []*writeJob, own *writeJob) (requeue []*writeJob)
 	}
 	if err := tx.Commit(); err != nil {
 		for _, j := range ran {
-			s.failJob(j, fmt.Errorf("store: commit: %w", err))
+			j.err = fmt.Errorf("store: commit: %w", err)
 		}
 	}
 	return nil
-}
-
-// failJob gives a job that ran the error that lost its writes: as its
-// result, or, if its caller was let go before the COMMIT, to lostAfterAck.
-func (s *Store) failJob(j *writeJob, err error) {
-	switch {
-	case !j.acked:
-		j.err = err
-	case j.lostAfterAck != nil:
-		j.lostAfterAck(err)
-	}
 }
 
 // writeTxSolo is one caller's own transaction.

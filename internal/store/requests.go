@@ -69,43 +69,6 @@ func NewRequestID() string {
 // counters, audit entries, a changed state); if it errors, nothing is written.
 // An unregistered r.KeyID is an error wrapping ErrNotFound.
 func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, r *Request) error) (Request, bool, error) {
-	return s.createRequest(ctx, r, hook, false)
-}
-
-// CreateRequestToSign is CreateRequest for a caller that signs a request it
-// creates in state signing and records the outcome (CompleteRequestWith,
-// FailRequest) before it answers anyone: such a request returns as soon as
-// its writes are in the store's shared write transaction, before the COMMIT
-// (writeTxEarly), so that signing overlaps the fsync. The outcome's write
-// commits after this one; if this one is lost, the outcome's write finds no
-// request and fails, and nothing signed is answered. Every other result (a
-// replay, a denial, a request pending approvals) waits for the COMMIT as
-// with CreateRequest, since the caller answers it at once.
-func (s *Store) CreateRequestToSign(ctx context.Context, r Request, hook func(tx *Tx, r *Request) error) (Request, bool, error) {
-	return s.createRequest(ctx, r, hook, true)
-}
-
-// noteLost remembers why the creation of request id was lost after its
-// caller went on (CreateRequestToSign), for that caller's next write.
-func (s *Store) noteLost(id string, err error) {
-	s.lostMu.Lock()
-	defer s.lostMu.Unlock()
-	if s.lost == nil {
-		s.lost = map[string]error{}
-	}
-	s.lost[id] = err
-}
-
-// takeLost returns, once, why request id's creation was lost, or nil.
-func (s *Store) takeLost(id string) error {
-	s.lostMu.Lock()
-	defer s.lostMu.Unlock()
-	err := s.lost[id]
-	delete(s.lost, id)
-	return err
-}
-
-func (s *Store) createRequest(ctx context.Context, r Request, hook func(tx *Tx, r *Request) error, early bool) (Request, bool, error) {
 	if r.Principal == "" || r.KeyID == "" {
 		return Request{}, false, fmt.Errorf("store: request needs a principal and a key id: %w", ErrInvalid)
 	}
@@ -120,9 +83,7 @@ func (s *Store) createRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 
 	var out Request
 	created := false
-	toSign := func() bool { return early && created && out.State == StateSigning }
-	lost := func(err error) { s.noteLost(r.ID, err) }
-	err := s.writeTxEarly(ctx, func(tx *Tx) error {
+	err := s.WriteTx(ctx, func(tx *Tx) error {
 		ctx := context.WithoutCancel(ctx) // see detached
 
 		inserted, err := insertRequest(ctx, tx, &r)
@@ -160,7 +121,7 @@ func (s *Store) createRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 		}
 		out, created = stored, true
 		return nil
-	}, toSign, lost)
+	})
 	if err != nil {
 		return Request{}, false, err
 	}
@@ -262,12 +223,6 @@ func (s *Store) transition(ctx context.Context, id, from, to string, rec audit.R
 		var cur string
 		err = tx.QueryRowContext(ctx, `SELECT state FROM requests WHERE id = ?`, id).Scan(&cur)
 		if errors.Is(err, sql.ErrNoRows) {
-			if lerr := s.takeLost(id); lerr != nil {
-				// Created by CreateRequestToSign, whose transaction was
-				// lost after its caller went on: say why (a full disk is
-				// Unavailable, as the creation itself would have been).
-				return fmt.Errorf("store: request %s was not recorded: %w", id, lerr)
-			}
 			return fmt.Errorf("store: request %s: %w", id, ErrNotFound)
 		}
 		if err != nil {

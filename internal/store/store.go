@@ -19,7 +19,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -66,9 +65,6 @@ type Store struct {
 	redactor atomic.Pointer[audit.Redactor] // HMAC key for sensitive audit fields; nil while sealed
 
 	gc groupCommit // concurrent write transactions share one commit (groupcommit.go)
-
-	lostMu sync.Mutex
-	lost   map[string]error // why a CreateRequestToSign was lost after its caller went on (takeLost)
 }
 
 // Open opens (creating if missing) the database at path and migrates it to
