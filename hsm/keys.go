@@ -152,6 +152,11 @@ func (m *Module) findKey(s *session, class uint, ref KeyRef) (pkcs11.ObjectHandl
 		if _, terr := m.p.GetTokenInfo(s.gen.slot); terr != nil {
 			return 0, fmt.Errorf("C_GetTokenInfo after empty search: %w", terr)
 		}
+		// A session that is no longer logged in (someone called C_Logout)
+		// sees no private objects: the login is lost, not the key.
+		if err := m.checkLoggedIn(s); err != nil {
+			return 0, fmt.Errorf("after empty search: %w", err)
+		}
 	}
 	if err != nil {
 		kind := "private"

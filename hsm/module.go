@@ -273,13 +273,8 @@ func (m *Module) Health() Health {
 // watchdog, and it is how an idle module notices token loss.
 func (m *Module) Probe(ctx context.Context) error {
 	return m.do(ctx, "probe", func(s *session) error {
-		si, err := m.p.GetSessionInfo(s.h)
-		if err != nil {
-			return fmt.Errorf("C_GetSessionInfo: %w", err)
-		}
-		if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
-			// Someone logged the token out underneath us: same as a lost login.
-			return fmt.Errorf("session state %d: %w", si.State, pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN))
+		if err := m.checkLoggedIn(s); err != nil {
+			return err
 		}
 		// Sessions survive SoftHSM losing its token directory; token info does not.
 		if _, err := m.p.GetTokenInfo(s.gen.slot); err != nil {
@@ -287,6 +282,20 @@ func (m *Module) Probe(ctx context.Context) error {
 		}
 		return nil
 	})
+}
+
+// checkLoggedIn fails with a lost-login error (CKR_USER_NOT_LOGGED_IN, which
+// isLost takes for a lost token) if s is no longer in a user session state:
+// someone logged the token out underneath us.
+func (m *Module) checkLoggedIn(s *session) error {
+	si, err := m.p.GetSessionInfo(s.h)
+	if err != nil {
+		return fmt.Errorf("C_GetSessionInfo: %w", err)
+	}
+	if si.State != pkcs11.CKS_RW_USER_FUNCTIONS && si.State != pkcs11.CKS_RO_USER_FUNCTIONS {
+		return fmt.Errorf("session state %d: %w", si.State, pkcs11.Error(pkcs11.CKR_USER_NOT_LOGGED_IN))
+	}
+	return nil
 }
 
 // Info describes the library (C_GetInfo) and the token (C_GetTokenInfo).
