@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,50 +250,13 @@ func TestThousandInjectedFaultsUnderLoad(t *testing.T) {
 	inj.Seed(uint64(time.Now().UnixNano()))
 	inj.FailAtRates(hsmfault.Mix())
 
-	var (
-		signed, unavailable, failed atomic.Int64
-		wg                          sync.WaitGroup
-		stop                        = make(chan struct{})
-		unexpected                  = make(chan error, 64)
-	)
-	report := func(err error) {
-		select {
-		case unexpected <- err:
-		default:
-		}
-	}
-	for g := range 6 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				d := sha256.Sum256(fmt.Appendf(nil, "%d/%d", g, i))
-				start := time.Now()
-				sig, err := m.Sign(context.Background(), ref, d[:])
-				if took := time.Since(start); took > 3*time.Second {
-					report(fmt.Errorf("Sign took %s", took))
-				}
-				var pe pkcs11.Error
-				switch {
-				case err == nil:
-					if err := checkSecp256k1(pub, d[:], sig); err != nil {
-						report(err)
-					}
-					signed.Add(1)
-				case errors.Is(err, hsm.ErrUnavailable):
-					unavailable.Add(1)
-					time.Sleep(time.Millisecond)
-				case errors.As(err, &pe) && (uint(pe) == pkcs11.CKR_FUNCTION_FAILED || uint(pe) == pkcs11.CKR_DEVICE_MEMORY):
-					failed.Add(1)
-				default:
-					report(fmt.Errorf("signer: %w", err))
-				}
-			}
-		})
-	}
+	load := startSigners(m, ref, pub, 6, nil, func(err error) bool {
+		var pe pkcs11.Error
+		return errors.As(err, &pe) && (uint(pe) == pkcs11.CKR_FUNCTION_FAILED || uint(pe) == pkcs11.CKR_DEVICE_MEMORY)
+	})
+	signed, unavailable, failed := &load.ok, &load.unavailable, &load.other
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
 	wg.Go(func() {
 		for {
 			select {
@@ -313,7 +275,7 @@ func TestThousandInjectedFaultsUnderLoad(t *testing.T) {
 			break
 		}
 		select {
-		case err := <-unexpected:
+		case err := <-load.unexpected:
 			t.Error(err)
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -321,8 +283,7 @@ func TestThousandInjectedFaultsUnderLoad(t *testing.T) {
 	inj.Clear()
 	close(stop)
 	wg.Wait()
-	close(unexpected)
-	for err := range unexpected {
+	for _, err := range load.stopAndWait() {
 		t.Error(err)
 	}
 	took := time.Since(start)

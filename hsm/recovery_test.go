@@ -1,7 +1,6 @@
 package hsm_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,54 +62,13 @@ func TestTokenLossRecovery(t *testing.T) {
 		t.Fatalf("KeyError before the fault: %v", err)
 	}
 
-	var (
-		ok, unavailable atomic.Int64
-		wg              sync.WaitGroup
-		// gate lets the test pause the signers: SoftHSM segfaults if
-		// C_CloseAllSessions frees a session another thread is signing on.
-		gate       sync.RWMutex
-		stop       = make(chan struct{})
-		unexpected = make(chan error, 64)
-	)
-	for g := range 6 {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				d := sha256.Sum256(fmt.Appendf(nil, "%d/%d", g, i))
-				start := time.Now()
-				gate.RLock()
-				sig, err := m.Sign(context.Background(), ref, d[:])
-				gate.RUnlock()
-				if took := time.Since(start); took > 3*time.Second {
-					unexpected <- fmt.Errorf("Sign took %s", took)
-				}
-				switch {
-				case err == nil:
-					if err := checkSecp256k1(k.PublicKey, d[:], sig); err != nil {
-						unexpected <- err
-					}
-					ok.Add(1)
-				case errors.Is(err, hsm.ErrUnavailable):
-					unavailable.Add(1)
-					time.Sleep(time.Millisecond) // fail-fast callers would spin otherwise
-				default:
-					select {
-					case unexpected <- err:
-					default:
-					}
-				}
-			}
-		})
-	}
+	// gate lets the test pause the signers: SoftHSM segfaults if
+	// C_CloseAllSessions frees a session another thread is signing on.
+	var gate sync.RWMutex
+	load := startSigners(m, ref, k.PublicKey, 6, &gate, nil)
+	ok, unavailable := &load.ok, &load.unavailable
 	defer func() {
-		close(stop)
-		wg.Wait()
-		close(unexpected)
-		for err := range unexpected {
+		for _, err := range load.stopAndWait() {
 			t.Errorf("signer saw an error not wrapping ErrUnavailable: %v", err)
 		}
 	}()
@@ -196,36 +153,8 @@ func TestTokenDirectoryVanishesUnderLoad(t *testing.T) {
 	}
 	ref := hsm.KeyRef{ID: k.ID, Algorithm: hsm.Secp256k1}
 	m.SetPinnedKeys([]hsm.PinnedKey{{Ref: ref, PublicKey: k.PublicKey}})
-	var (
-		wg   sync.WaitGroup
-		stop = make(chan struct{})
-		bad  atomic.Value
-		ok   atomic.Int64
-	)
-	for range 4 {
-		wg.Go(func() {
-			d := sha256.Sum256([]byte("load"))
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				sig, err := m.Sign(context.Background(), ref, d[:])
-				switch {
-				case err == nil:
-					if err := checkSecp256k1(k.PublicKey, d[:], sig); err != nil {
-						bad.Store(err)
-					}
-					ok.Add(1)
-				case errors.Is(err, hsm.ErrUnavailable):
-					time.Sleep(time.Millisecond)
-				default:
-					bad.Store(err)
-				}
-			}
-		})
-	}
+	load := startSigners(m, ref, k.PublicKey, 4, nil, nil)
+	ok := &load.ok
 	eventually(t, 5*time.Second, "signing", func() bool { return ok.Load() > 20 })
 	dir := softhsmtest.TokenPath(t, uri.Token)
 	away := filepath.Join(filepath.Dir(softhsmtest.TokenDir()), "gone-"+uri.Token)
@@ -239,9 +168,7 @@ func TestTokenDirectoryVanishesUnderLoad(t *testing.T) {
 	eventually(t, 5*time.Second, "module healthy again", func() bool { return m.Health().Healthy })
 	n := ok.Load()
 	eventually(t, 5*time.Second, "signing again", func() bool { return ok.Load() > n+20 })
-	close(stop)
-	wg.Wait()
-	if err, _ := bad.Load().(error); err != nil {
+	for _, err := range load.stopAndWait() {
 		t.Fatalf("signer saw an error not wrapping ErrUnavailable: %v", err)
 	}
 	if err := m.KeyError(k.ID); err != nil {
