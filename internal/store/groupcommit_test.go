@@ -7,6 +7,8 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -299,5 +301,90 @@ func TestHotStatementsUseIndexes(t *testing.T) {
 				t.Errorf("%s\n  plan %q scans a table", q, plan)
 			}
 		}
+	}
+}
+
+// openTempFiles lists the deleted files this process has open, from
+// /proc/self/fd: SQLite's temporary files (statement journals, spilled sorts)
+// are unlinked as soon as they are opened, or opened without a name.
+func openTempFiles(t *testing.T) []string {
+	t.Helper()
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skipf("no /proc/self/fd: %v", err)
+	}
+	var open []string
+	for _, fd := range fds {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", fd.Name()))
+		if err == nil && strings.HasSuffix(target, " (deleted)") {
+			open = append(open, target)
+		}
+	}
+	return open
+}
+
+// A batch's savepoints keep the original of every page they change in the
+// statement journal; it stays in memory (temp_store = MEMORY) however large
+// the batch, instead of spilling to a temporary file past 64 KiB, which cost
+// a file and several pwrites per signed request under load.
+func TestGroupCommitStatementJournalStaysInMemory(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	const rows, members = 200, 8
+	err := s.WriteTx(ctx, func(tx *Tx) error {
+		if _, err := tx.Exec(`CREATE TABLE big (n INTEGER PRIMARY KEY, b BLOB NOT NULL) STRICT`); err != nil {
+			return err
+		}
+		for n := range rows {
+			if _, err := tx.Exec(`INSERT INTO big (n, b) VALUES (?, zeroblob(2000))`, n); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if open := openTempFiles(t); len(open) > 0 {
+		t.Fatalf("deleted files open before the batch: %q", open)
+	}
+	var wg sync.WaitGroup
+	release := holdWriteTx(t, s, &wg, func(*Tx) error { return nil })
+	var mu sync.Mutex
+	var seen []string
+	b0, j0 := s.GroupCommitStats()
+	for m := range members {
+		wg.Go(func() {
+			err := s.WriteTx(ctx, func(tx *Tx) error {
+				// Every member rewrites every row: about 100 pages, 400 KB
+				// of statement journal per savepoint.
+				if _, err := tx.Exec(`UPDATE big SET b = randomblob(2000)`); err != nil {
+					return err
+				}
+				mu.Lock()
+				seen = append(seen, openTempFiles(t)...)
+				mu.Unlock()
+				if m == 3 {
+					return errors.New("rolled back to its savepoint")
+				}
+				return nil
+			})
+			if (err != nil) != (m == 3) {
+				t.Errorf("member %d: %v", m, err)
+			}
+		})
+	}
+	waitQueued(t, s, members)
+	release()
+	wg.Wait()
+	// The holder's batch was counted when it began, its job when it ended.
+	if b, j := s.GroupCommitStats(); b-b0 != 1 || j-j0 != members+1 {
+		t.Fatalf("%d batches and %d jobs after the holder, want one batch of %d", b-b0, j-j0, members)
+	}
+	if len(seen) > 0 {
+		t.Fatalf("the batch's statement journal spilled to temporary files: %q", seen)
+	}
+	if err := s.IntegrityCheck(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
