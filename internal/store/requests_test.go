@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -472,4 +473,52 @@ func BenchmarkCreateAndCompleteRequestParallel(b *testing.B) {
 	b1, j1 := s.GroupCommitStats()
 	b.ReportMetric(float64(b1-b0)/float64(b.N), "commits/req")
 	b.ReportMetric(float64(j1-j0)/float64(b1-b0), "writes/commit")
+}
+
+// Request ids: "req_" and 26 digits of the sortable alphabet; ids of later
+// milliseconds sort after earlier ones (so they share index pages), and the
+// 80 random bits differ every time and use every digit in every position.
+func TestRequestIDs(t *testing.T) {
+	t0 := time.Date(2026, 11, 24, 4, 0, 0, 0, time.UTC)
+	const n = 4000
+	seen := map[string]bool{}
+	digits := [16]map[byte]bool{}
+	for i := range digits {
+		digits[i] = map[byte]bool{}
+	}
+	prev := ""
+	for i := range n {
+		id := newRequestID(t0.Add(time.Duration(i/4) * time.Millisecond))
+		if len(id) != 30 || id[:4] != "req_" || strings.Trim(id[4:], idAlphabet) != "" {
+			t.Fatalf("malformed id %q", id)
+		}
+		if seen[id] {
+			t.Fatalf("id %q twice", id)
+		}
+		seen[id] = true
+		if i%4 == 0 && id[:14] <= prev {
+			t.Fatalf("id %q of a later millisecond does not sort after %q", id, prev)
+		}
+		prev = id[:14]
+		for j := range 16 {
+			digits[j][id[14+j]] = true
+		}
+	}
+	for j, d := range digits {
+		if len(d) != 32 {
+			t.Errorf("random digit %d took %d values in %d ids, want all 32", j, len(d), n)
+		}
+	}
+	// The time part reads back as the millisecond it encodes.
+	id := newRequestID(t0)
+	var ms int64
+	for _, c := range []byte(id[4:14]) {
+		ms = ms<<5 | int64(strings.IndexByte(idAlphabet, c))
+	}
+	if ms != t0.UnixMilli() {
+		t.Fatalf("time part of %q is %d, want %d", id, ms, t0.UnixMilli())
+	}
+	if a, b := NewRequestID(), NewRequestID(); a == b {
+		t.Fatalf("two ids now: %q, %q", a, b)
+	}
 }
