@@ -52,7 +52,7 @@ func TestCreateRequest(t *testing.T) {
 	if err != nil || !created {
 		t.Fatalf("CreateRequest = %v, created=%v", err, created)
 	}
-	if !regexp.MustCompile(`^req_[a-z2-7]{26}$`).MatchString(r1.ID) {
+	if !regexp.MustCompile(`^req_[0-9a-hjkmnp-tv-z]{26}$`).MatchString(r1.ID) {
 		t.Errorf("id %q is not req_ + 26 base32 chars", r1.ID)
 	}
 	if r1.State != StateSigning || r1.CreatedAt.IsZero() || !r1.CreatedAt.Equal(r1.UpdatedAt) {
