@@ -119,7 +119,12 @@ curl_health() {
   curl -sS --max-time 2 --cacert "$bench/pki/ca.crt" --cert "$bench/pki/client.crt" --key "$bench/pki/client.key" \
     "https://127.0.0.1:$port/v1/health" 2>/dev/null || true
 }
-for i in $(seq 150); do
+# Start runs PRAGMA quick_check over the whole database (about 11 s per GB
+# here, and a reused instance only grows): wait as long as systemd would
+# (TimeoutStartSec=5min), saying why every 15 s.
+db_mb=$(( $(stat -c %s "$bench/appliance.db" 2>/dev/null || echo 0) / 1048576 ))
+((db_mb < 1024)) || echo "   the instance's database is $db_mb MB: its integrity check at start takes a while (--fresh starts from an empty one)"
+for i in $(seq 1500); do
   kill -0 "$pid" 2>/dev/null || { echo "the appliance exited; its log:" >&2; tail -n 30 "$bench/appliance.log" >&2; exit 1; }
   health=$(curl_health)
   [[ $health == *'"status":"ok"'* ]] && break
@@ -128,7 +133,8 @@ for i in $(seq 150); do
     echo "start from a new instance with --fresh" >&2
     exit 1
   fi
-  ((i < 150)) || { echo "the appliance is not healthy after 30 s: $health" >&2; exit 1; }
+  ((i < 1500)) || { echo "the appliance is not healthy after 5 min: $health" >&2; exit 1; }
+  ((i % 75)) || echo "   waiting for the appliance ($((i / 5)) s): ${health:-not listening yet}"
   sleep 0.2
 done
 

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"math/big"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/ethereum/go-ethereum/common"
+	"go.uber.org/zap"
 
+	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -55,4 +58,28 @@ func TestCorruptDatabaseRefusedAtStart(t *testing.T) {
 		t.Fatalf("refused, but not by the integrity check: %v", err)
 	}
 	t.Logf("refused: %v", err)
+}
+
+// An integrity check cut short (the appliance was told to stop while it ran)
+// is reported as interrupted, not as damage: it found nothing, and "restore
+// it from a backup" would send an operator the wrong way.
+func TestStartCheckInterruptedIsNotDamage(t *testing.T) {
+	path := t.TempDir() + "/appliance.db"
+	log := zap.NewNop()
+	st, err := store.Open(context.Background(), path, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	a := &App{store: st, log: log, notifier: health.NewNotifier(log)}
+	if err := a.checkAtStart(context.Background(), path); err != nil {
+		t.Fatalf("a sound database: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = a.checkAtStart(ctx, path)
+	if !errors.Is(err, context.Canceled) || errors.Is(err, store.ErrIntegrity) ||
+		!strings.Contains(err.Error(), "was interrupted") || strings.Contains(err.Error(), "backup") {
+		t.Fatalf("interrupted check: %v", err)
+	}
 }

@@ -160,3 +160,38 @@ func TestNotifierOutsideSystemdIsSilent(t *testing.T) {
 	n.Status("x")
 	n.Stopping()
 }
+
+// A long start-up step keeps systemd's start timeout extended while it runs
+// (real sd_notify datagrams), and returns the step's own error.
+func TestDuringExtendsTheStartTimeout(t *testing.T) {
+	msgs := notifySocket(t)
+	n := NewNotifier(zap.NewNop())
+	boom := errors.New("boom")
+	took, err := n.During("checking database integrity", 40*time.Millisecond, func() error {
+		time.Sleep(300 * time.Millisecond)
+		return boom
+	})
+	if !errors.Is(err, boom) || took < 300*time.Millisecond {
+		t.Fatalf("During = %v, %v", took, err)
+	}
+	extends := 0
+	for len(msgs) > 0 {
+		m := <-msgs
+		if !strings.Contains(m, "STATUS=checking database integrity (") || !strings.Contains(m, "\nEXTEND_TIMEOUT_USEC=120000") {
+			t.Fatalf("unexpected notification %q", m)
+		}
+		extends++
+	}
+	if extends < 3 {
+		t.Fatalf("%d extensions in 300 ms at one per 40 ms", extends)
+	}
+	// A quick step sends nothing.
+	if _, err := n.During("quick", time.Hour, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-msgs:
+		t.Fatalf("a quick step notified %q", m)
+	case <-time.After(50 * time.Millisecond):
+	}
+}

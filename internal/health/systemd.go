@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -31,6 +32,30 @@ func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
 
 // Status sets the one-line status shown by systemctl status.
 func (n *Notifier) Status(s string) { n.send("STATUS=" + s) }
+
+// During runs fn, a long step of start-up (the database's integrity check,
+// which reads the whole file: about 11 s per GB here), and while it runs
+// tells systemd every interval that start is still progressing: a STATUS
+// line with the time so far, and EXTEND_TIMEOUT_USEC of three intervals, so
+// a large database is not killed by TimeoutStartSec and restarted into the
+// same check over and over. It returns fn's error and how long fn took.
+func (n *Notifier) During(what string, every time.Duration, fn func() error) (time.Duration, error) {
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return time.Since(start), err
+		case <-tick.C:
+			so := time.Since(start).Round(time.Second)
+			n.send(fmt.Sprintf("STATUS=%s (%s so far)\nEXTEND_TIMEOUT_USEC=%d", what, so, (3 * every).Microseconds()))
+			n.log.Info("start-up step still running", zap.String("step", what), zap.Duration("so_far", so))
+		}
+	}
+}
 
 // DefaultMonitorInterval is how often health is probed when systemd's
 // watchdog does not ask for more often. Probing matters even without a
