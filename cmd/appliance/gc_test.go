@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"runtime"
 	"runtime/debug"
 	"testing"
 
@@ -54,6 +55,38 @@ func TestTuneGC(t *testing.T) {
 			}
 			if n := logs.FilterMessage(msg).Len(); n != 1 || logs.Len() != 1 {
 				t.Errorf("logged %v, want one %q", logs.All(), msg)
+			}
+		})
+	}
+}
+
+// TestTuneProcs: serve runs with one P per HSM session beyond the cores
+// (at most three per core), unless GOMAXPROCS is in the environment.
+func TestTuneProcs(t *testing.T) {
+	procs0 := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(procs0) })
+	tests := []struct {
+		name, env   string
+		cores, pool int
+		want        int
+		wantMessage string
+	}{
+		{"pool of 4 on 2 cores", "", 2, 4, 6, "scheduler settings"},
+		{"pool of 1024 on 2 cores", "", 2, 1024, 8, "scheduler settings"},
+		{"pool of 1 on 8 cores", "", 8, 1, 9, "scheduler settings"},
+		{"GOMAXPROCS set", "3", 3, 4, 3, "scheduler settings from the environment"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("GOMAXPROCS", tt.env)
+			runtime.GOMAXPROCS(tt.cores) // what the runtime chose at start
+			core, logs := observer.New(zap.InfoLevel)
+			tuneProcs(zap.New(core), tt.pool)
+			if got := runtime.GOMAXPROCS(0); got != tt.want {
+				t.Errorf("GOMAXPROCS %d, want %d", got, tt.want)
+			}
+			if n := logs.FilterMessage(tt.wantMessage).Len(); n != 1 || logs.Len() != 1 {
+				t.Errorf("logged %v, want one %q", logs.All(), tt.wantMessage)
 			}
 		})
 	}

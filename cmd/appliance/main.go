@@ -237,6 +237,7 @@ func serve(args []string) error {
 		return err
 	}
 	tuneGC(log)
+	tuneProcs(log, cfg.HSM.PoolSize)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	a, err := app.New(ctx, cfg, log, version)
