@@ -44,8 +44,9 @@ func tuneGC(log *zap.Logger) {
 // (typically the callers a group commit has just answered) wait until the
 // runtime's monitor takes the P back. With all of the cores' Ps inside the
 // pool's calls, a trace of the c8 bench showed 2.4 goroutines on average
-// runnable but not running, mostly callers woken by the group commit. Extra Ps let that Go work run beside the
-// calls; the kernel still shares the same cores between all the threads.
+// runnable but not running, mostly callers the group commit had just woken.
+// Extra Ps let that Go work run beside the calls; the kernel still shares
+// the same cores between all the threads.
 // Measured at c8 (docs/BENCHMARKS.md, "third pass"): +9 % signatures per
 // second, −40 µs of CPU per signature, in each of five interleaved pairs.
 func tuneProcs(log *zap.Logger, poolSize int) {
