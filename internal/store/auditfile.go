@@ -32,7 +32,7 @@ func OpenAuditFile(ctx context.Context, path string) (*AuditFile, error) {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	u := url.URL{Scheme: "file", Path: abs, RawQuery: url.Values{"mode": {"ro"}, "_query_only": {"1"}}.Encode()}
-	db, err := sql.Open(driverName, u.String())
+	db, err := sql.Open("sqlite3", u.String())
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -330,6 +331,18 @@ func openTempFiles(t *testing.T) []string {
 func TestGroupCommitStatementJournalStaysInMemory(t *testing.T) {
 	ctx := context.Background()
 	s, _ := openTest(t)
+	// The writer keeps its temp store in memory (restored after the
+	// migrations, which ran on a file one); the readers keep files.
+	for _, c := range []struct {
+		name string
+		db   *sql.DB
+		want int
+	}{{"writer", s.w, 2}, {"reader", s.r, 0}} {
+		var got int
+		if err := c.db.QueryRowContext(ctx, "PRAGMA temp_store").Scan(&got); err != nil || got != c.want {
+			t.Fatalf("%s: temp_store %d (%v), want %d", c.name, got, err, c.want)
+		}
+	}
 	const rows, members = 200, 8
 	err := s.WriteTx(ctx, func(tx *Tx) error {
 		if _, err := tx.Exec(`CREATE TABLE big (n INTEGER PRIMARY KEY, b BLOB NOT NULL) STRICT`); err != nil {

@@ -74,7 +74,7 @@ func loadMigrations() ([]migration, error) {
 // Before upgrading a database that already has a schema, it writes a
 // consistent copy beside it (<path>.pre-v<N>-<time>.db): migrations are
 // forward-only, so that copy is the way back.
-func (s *Store) migrate(ctx context.Context, path string) error {
+func (s *Store) migrate(ctx context.Context, path string) (rerr error) {
 	ms, err := loadMigrations()
 	if err != nil {
 		return err
@@ -83,6 +83,16 @@ func (s *Store) migrate(ctx context.Context, path string) error {
 	if err := s.backupBeforeUpgrade(ctx, path, known); err != nil {
 		return err
 	}
+	// A migration may build an index over a whole table: its sort spills to
+	// temporary files, not to the writer's in-memory temp store (store.go).
+	if _, err := s.w.ExecContext(ctx, "PRAGMA temp_store = FILE"); err != nil {
+		return fmt.Errorf("store: temp_store for migrations: %w", err)
+	}
+	defer func() {
+		if _, err := s.w.ExecContext(context.WithoutCancel(ctx), "PRAGMA temp_store = MEMORY"); err != nil && rerr == nil {
+			rerr = fmt.Errorf("store: temp_store after migrations: %w", err)
+		}
+	}()
 	err = s.WriteTx(ctx, func(tx *Tx) error {
 		_, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 			version    INTEGER PRIMARY KEY,

@@ -91,7 +91,7 @@ func (s *Store) Snapshot(ctx context.Context, dest string) (err error) {
 // in rollback-journal mode, so the copy needs no -wal or -shm to be read and
 // can be opened read-only (by an inspector, or from read-only media).
 func (s *Store) backupTo(ctx context.Context, abs string) (err error) {
-	dstDB, err := openDB(abs, url.Values{})
+	dstDB, err := openDB("sqlite3", abs, url.Values{})
 	if err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func copyAll(ctx context.Context, dst, src *sqlite3.SQLiteConn) (err error) {
 // rather than quick_check because a backup is read rarely and must be right
 // when it is: the extra cost (index contents against tables) is paid once.
 func integrityCheck(ctx context.Context, abs string) (err error) {
-	db, err := openDB(abs, url.Values{"mode": {"ro"}, "_query_only": {"1"}})
+	db, err := openDB("sqlite3", abs, url.Values{"mode": {"ro"}, "_query_only": {"1"}})
 	if err != nil {
 		return err
 	}

@@ -87,7 +87,7 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	}
 
 	s := &Store{log: log, now: time.Now}
-	s.w, err = openDB(abs, url.Values{
+	s.w, err = openDB(writerDriver, abs, url.Values{
 		"_journal_mode": {"WAL"},
 		"_synchronous":  {"FULL"},
 		"_foreign_keys": {"on"},
@@ -106,7 +106,7 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 
 	// The read pool opens before migrating: an upgrade snapshots the
 	// database through it first.
-	s.r, err = openDB(abs, url.Values{
+	s.r, err = openDB("sqlite3", abs, url.Values{
 		"_query_only":   {"1"},
 		"_foreign_keys": {"on"},
 		// A reader may be the last connection and run the closing checkpoint.
@@ -137,26 +137,26 @@ func (s *Store) Close() error {
 
 // openDB opens a pool on a file: URI so that unusual characters in the path
 // ('?', '#', '%') are escaped rather than parsed as URI syntax.
-func openDB(abs string, params url.Values) (*sql.DB, error) {
+func openDB(driver, abs string, params url.Values) (*sql.DB, error) {
 	params.Set("_busy_timeout", fmt.Sprint(busyTimeout.Milliseconds()))
 	// Prepared statements are kept per connection and reused: the hot path
 	// runs the same few dozen statements for every request, and parsing
 	// them again each time was a measurable part of its cost.
 	params.Set("_stmt_cache_size", fmt.Sprint(stmtCacheSize))
 	u := url.URL{Scheme: "file", Path: abs, RawQuery: params.Encode()}
-	db, err := sql.Open(driverName, u.String())
+	db, err := sql.Open(driver, u.String())
 	if err != nil {
 		return nil, fmt.Errorf("store: open %s: %w", abs, err)
 	}
 	return db, nil
 }
 
-// driverName is go-sqlite3 with the connection settings its DSN has no
+// writerDriver is go-sqlite3 with the writer's settings that its DSN has no
 // parameter for, applied to every connection it opens (a pool may reopen one).
-const driverName = "sqlite3_appliance"
+const writerDriver = "sqlite3_appliance_writer"
 
 func init() {
-	sql.Register(driverName, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+	sql.Register(writerDriver, &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
 		// Statement journals in memory. Group commit runs each caller's
 		// writes inside a SAVEPOINT, and a savepoint keeps the original of
 		// every page it changes in the statement journal, which SQLite
@@ -164,7 +164,11 @@ func init() {
 		// new unlinked file per batch and about six extra pwrites per
 		// signed request (docs/BENCHMARKS.md, "third pass"). The journal
 		// holds at most a batch's pages, and it is not needed for
-		// durability: a crash loses the open transaction either way.
+		// durability: a crash loses the open transaction either way. Only
+		// the writer: readers take no savepoints, and their large sorts
+		// (exports, listings) keep spilling to files, not memory; the
+		// migrations, which may build indexes over whole tables, switch
+		// the writer back to files while they run (migrate.go).
 		_, err := c.Exec("PRAGMA temp_store = MEMORY", nil)
 		return err
 	}})
