@@ -385,7 +385,8 @@ func (a *App) Close() {
 const integrityProgressEvery = 10 * time.Second
 
 // checkAtStart runs the database's quick_check, which reads every page: on a
-// large database (about 11 s per GB on the development machines) it keeps
+// large database (from about 1 s per GB in the page cache to over 30 s per GB
+// from disk on the development machines) it keeps
 // systemd's start timeout extended while it runs. A check that was
 // interrupted (the appliance was told to stop) says so: it found nothing
 // wrong, and restoring a backup would be the wrong advice.

@@ -34,11 +34,12 @@ func (n *Notifier) Stopping() { n.send(daemon.SdNotifyStopping) }
 func (n *Notifier) Status(s string) { n.send("STATUS=" + s) }
 
 // During runs fn, a long step of start-up (the database's integrity check,
-// which reads the whole file: about 11 s per GB here), and while it runs
-// tells systemd every interval that start is still progressing: a STATUS
-// line with the time so far, and EXTEND_TIMEOUT_USEC of three intervals, so
-// a large database is not killed by TimeoutStartSec and restarted into the
-// same check over and over. It returns fn's error and how long fn took.
+// which reads the whole file: minutes for a large one read from disk), and
+// while it runs tells systemd every interval that start is still
+// progressing: a STATUS line with the time so far, and EXTEND_TIMEOUT_USEC
+// of three intervals, so a large database is not killed by TimeoutStartSec
+// and restarted into the same check over and over. It returns fn's error
+// and how long fn took.
 func (n *Notifier) During(what string, every time.Duration, fn func() error) (time.Duration, error) {
 	start := time.Now()
 	done := make(chan error, 1)
