@@ -31,7 +31,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -100,17 +99,12 @@ type Record struct {
 
 // Build fills in an Entry for r following prev (nil prev: the first entry).
 func (r Record) Build(prevSeq int64, prevHash []byte, at int64, red *Redactor) (Entry, error) {
-	fields := make(map[string]string, len(r.Fields)+len(r.Sensitive))
-	for k, v := range r.Fields {
-		fields[k] = v
-	}
-	for k, v := range r.Sensitive {
-		if _, dup := fields[k]; dup {
+	for k := range r.Sensitive {
+		if _, dup := r.Fields[k]; dup {
 			return Entry{}, fmt.Errorf("audit: field %q given as both plain and sensitive", k)
 		}
-		fields[k] = red.Value(v)
 	}
-	canon, err := CanonicalFields(fields)
+	canon, err := appendCanonical(nil, r.Fields, r.Sensitive, red)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -120,7 +114,7 @@ func (r Record) Build(prevSeq int64, prevHash []byte, at int64, red *Redactor) (
 	e := Entry{
 		Seq: prevSeq + 1, At: at,
 		Kind: valid(r.Kind), Principal: valid(r.Principal), Detail: valid(r.Detail),
-		Fields: canon, PrevHash: prevHash,
+		Fields: string(canon), PrevHash: prevHash,
 	}
 	if e.Kind == "" {
 		return Entry{}, errors.New("audit: an entry needs a kind")
@@ -135,16 +129,9 @@ func valid(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
 // CanonicalFields is the stored form of fields: a JSON object with sorted
 // keys and valid UTF-8, the same bytes every time for the same map.
 func CanonicalFields(fields map[string]string) (string, error) {
-	if len(fields) == 0 {
-		return "{}", nil
-	}
-	clean := make(map[string]string, len(fields))
-	for k, v := range fields {
-		clean[valid(k)] = valid(v)
-	}
-	b, err := json.Marshal(clean) // encoding/json sorts map keys
+	b, err := appendCanonical(nil, fields, nil, nil)
 	if err != nil {
-		return "", fmt.Errorf("audit: fields: %w", err)
+		return "", err
 	}
 	return string(b), nil
 }

@@ -215,12 +215,12 @@ func (s *Service) run(ctx context.Context, h Signer, p *access.Principal, key *K
 		if d.Outcome == policy.NeedsApproval && s.officers != nil {
 			prep.pending = &store.Pending{Digest: approvalDigest(r.ID, key, prep.payload, prep.intent, d.Version),
 				ApprovalsRequired: d.Approvals, ExpiresAt: s.now().Add(s.approvalTTL), PolicyVersion: d.Version}
-			return store.PendRequestTx(ctx, tx, r.ID, *prep.pending)
+			return store.PendRequestTx(ctx, tx, r, *prep.pending)
 		}
 		if prep.refuse = decisionError(d); prep.refuse != nil {
 			ae := apierr.From(prep.refuse)
 			code, message = ae.Code, ae.Message
-			return store.DenyRequestTx(ctx, tx, r.ID, ae.Code, ae.Message)
+			return store.DenyRequestTx(ctx, tx, r, ae.Code, ae.Message)
 		}
 		return nil
 	})

@@ -23,13 +23,15 @@ type Pending struct {
 	PolicyVersion     int
 }
 
-// PendRequestTx marks a request just created in tx as waiting for approvals.
-func PendRequestTx(ctx context.Context, tx *Tx, id string, p Pending) error {
+// PendRequestTx marks r, a request just created in tx (CreateRequest's
+// hook), as waiting for approvals, in the database and in r.
+func PendRequestTx(ctx context.Context, tx *Tx, r *Request, p Pending) error {
 	_, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, digest = ?, approvals_required = ?, expires_at = ?, policy_version = ?
-		WHERE id = ?`, StatePendingApproval, p.Digest, p.ApprovalsRequired, p.ExpiresAt.UnixNano(), p.PolicyVersion, id)
+		WHERE id = ?`, StatePendingApproval, p.Digest, p.ApprovalsRequired, p.ExpiresAt.UnixNano(), p.PolicyVersion, r.ID)
 	if err != nil {
-		return fmt.Errorf("store: pend request %s: %w", id, err)
+		return fmt.Errorf("store: pend request %s: %w", r.ID, err)
 	}
+	r.State, r.Digest = StatePendingApproval, p.Digest
 	return nil
 }
 

@@ -96,7 +96,10 @@ func newRequestID(now time.Time) string {
 // caller's job. Otherwise it inserts r (ID generated if empty, state signing
 // if empty, times set to now), runs hook in the same transaction, and returns
 // the row as committed with created=true. The hook writes through tx (policy
-// counters, audit entries, a changed state); if it errors, nothing is written.
+// counters, audit entries); it changes the request's own row only with
+// PendRequestTx or DenyRequestTx on the *Request it is given, so that the
+// answer is what commits without a read-back. If it errors, nothing is
+// written.
 // An unregistered r.KeyID is an error wrapping ErrNotFound.
 func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, r *Request) error) (Request, bool, error) {
 	if r.Principal == "" || r.KeyID == "" {
@@ -108,8 +111,10 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 	if r.State == "" {
 		r.State = StateSigning
 	}
-	now := s.now().UTC()
+	// As stored and read back: nanoseconds, UTC, no monotonic reading.
+	now := time.Unix(0, s.now().UnixNano()).UTC()
 	r.CreatedAt, r.UpdatedAt = now, now
+	r.Payload, r.PayloadHash = nonNil(r.Payload), nonNil(r.PayloadHash)
 
 	var out Request
 	created := false
@@ -136,15 +141,15 @@ func (s *Store) CreateRequest(ctx context.Context, r Request, hook func(tx *Tx, 
 			out = prev
 			return nil
 		}
+		// The hook changes the row only through PendRequestTx and
+		// DenyRequestTx, which change stored as well: stored is what
+		// commits, without reading the row back inside the writer
+		// (TestCreateRequestReturnsWhatCommits).
+		stored := r
 		if hook != nil {
-			if err := hook(tx, &r); err != nil {
+			if err := hook(tx, &stored); err != nil {
 				return err
 			}
-		}
-		// Re-read so the caller sees what commits, including the hook's writes.
-		stored, err := scanRequest(tx.QueryRowContext(ctx, `SELECT `+requestColumns+` FROM requests WHERE id = ?`, r.ID))
-		if err != nil {
-			return fmt.Errorf("store: re-read request %s: %w", r.ID, err)
 		}
 		if err := s.Audit(ctx, tx, requestRecord(stored)); err != nil {
 			return err
@@ -298,14 +303,16 @@ func scanRequest(sc scanner) (Request, error) {
 	return r, err
 }
 
-// DenyRequestTx marks a request just created in tx as denied with the rule
-// that refused it (policy decides inside the request's own transaction).
-func DenyRequestTx(ctx context.Context, tx *Tx, id, code, message string) error {
+// DenyRequestTx marks r, a request just created in tx (CreateRequest's
+// hook), as denied with the rule that refused it (policy decides inside the
+// request's own transaction), in the database and in r.
+func DenyRequestTx(ctx context.Context, tx *Tx, r *Request, code, message string) error {
 	_, err := tx.ExecContext(ctx, `UPDATE requests SET state = ?, error_code = ?, error_message = ? WHERE id = ?`,
-		StateDenied, code, message, id)
+		StateDenied, code, message, r.ID)
 	if err != nil {
-		return fmt.Errorf("store: deny request %s: %w", id, err)
+		return fmt.Errorf("store: deny request %s: %w", r.ID, err)
 	}
+	r.State, r.ErrorCode, r.ErrorMessage = StateDenied, code, message
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -199,13 +200,53 @@ func TestCreateRequestHook(t *testing.T) {
 		t.Fatalf("%d requests after a panicking hook, want 0", n)
 	}
 
-	// A hook that changes the state through tx: the answer shows what committed.
+	// A hook that changes the state: the answer shows what committed.
 	r, created, err := s.CreateRequest(ctx, newReq("p", "idem"), func(tx *Tx, r *Request) error {
-		_, err := tx.ExecContext(ctx, `UPDATE requests SET state = 'pending_approval' WHERE id = ?`, r.ID)
-		return err
+		return PendRequestTx(ctx, tx, r, Pending{Digest: []byte{7}, ApprovalsRequired: 2, ExpiresAt: time.Now().Add(time.Hour)})
 	})
 	if err != nil || !created || r.State != "pending_approval" {
 		t.Fatalf("CreateRequest = %+v created=%v err=%v; want state pending_approval", r, created, err)
+	}
+}
+
+// TestCreateRequestReturnsWhatCommits: CreateRequest no longer reads the
+// row back inside the writer, so what it returns must equal what a reader
+// sees afterwards, field for field, whether the hook left the request
+// signing, made it pending or denied it, and with empty and nil fields.
+func TestCreateRequestReturnsWhatCommits(t *testing.T) {
+	ctx := context.Background()
+	s := storeWithKey(t)
+	for name, c := range map[string]struct {
+		mod  func(*Request)
+		hook func(tx *Tx, r *Request) error
+	}{
+		"signing":       {},
+		"empty fields":  {mod: func(r *Request) { r.Payload, r.PayloadHash, r.Intent, r.Digest = nil, nil, nil, nil }},
+		"empty non-nil": {mod: func(r *Request) { r.Payload, r.Intent, r.Digest = []byte{}, []byte{}, []byte{} }},
+		"pending": {hook: func(tx *Tx, r *Request) error {
+			return PendRequestTx(ctx, tx, r, Pending{Digest: []byte{9, 9}, ApprovalsRequired: 2, ExpiresAt: time.Now().Add(time.Hour), PolicyVersion: 3})
+		}},
+		"denied":      {hook: func(tx *Tx, r *Request) error { return DenyRequestTx(ctx, tx, r, "over_limit", "over the daily limit") }},
+		"given state": {mod: func(r *Request) { r.State, r.ErrorCode, r.ErrorMessage = StateDenied, "screened", "on a list" }},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req := newReq("p", "idem-"+name)
+			req.Intent, req.Digest = []byte(`{"kind":"transfer"}`), []byte{1, 2, 3}
+			if c.mod != nil {
+				c.mod(&req)
+			}
+			got, created, err := s.CreateRequest(ctx, req, c.hook)
+			if err != nil || !created {
+				t.Fatalf("created=%v err=%v", created, err)
+			}
+			want, err := s.GetRequest(ctx, got.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("CreateRequest returned\n%#v\nthe database holds\n%#v", got, want)
+			}
+		})
 	}
 }
 
