@@ -241,7 +241,19 @@ func (m *Module) do(ctx context.Context, op string, fn func(s *session) error) e
 	if err != nil {
 		return fmt.Errorf("hsm: %s: %w", op, err)
 	}
+	returned := false
+	defer func() {
+		if !returned {
+			// fn panicked (a bug in a wrapper or in the library's
+			// binding): the session may be part-way through an
+			// operation PKCS#11 cannot cancel, so it is replaced rather
+			// than pooled — and never kept, or the pool would shrink by
+			// one with every such panic. The panic goes on up.
+			m.replace(s)
+		}
+	}()
 	err = fn(s)
+	returned = true
 	if err != nil && isLost(err) {
 		m.markLost(s.gen, fmt.Sprintf("%s failed: %v", op, err))
 		m.release(s)
@@ -272,7 +284,16 @@ func (m *Module) doMany(ctx context.Context, op string, fn func(ss []*session) e
 		return fmt.Errorf("hsm: %s: %w", op, err)
 	}
 	ss := append([]*session{s}, m.acquireIdle(s.gen, m.opts.PoolSize-2)...)
+	returned := false
+	defer func() {
+		if !returned { // fn panicked: see do
+			for _, x := range ss {
+				m.replace(x)
+			}
+		}
+	}()
 	err = fn(ss)
+	returned = true
 	lost := err != nil && isLost(err)
 	if lost {
 		m.markLost(s.gen, fmt.Sprintf("%s failed: %v", op, err))
