@@ -16,6 +16,7 @@ import (
 	"github.com/custodysigner/appliance/internal/ceremony"
 	"github.com/custodysigner/appliance/internal/ethereum"
 	"github.com/custodysigner/appliance/internal/governance"
+	"github.com/custodysigner/appliance/internal/jsonstrict/jsonstricttest"
 	"github.com/custodysigner/appliance/internal/signing"
 )
 
@@ -59,6 +60,8 @@ func FuzzSignBody(f *testing.F) {
 	} {
 		f.Add(reencode(f, b))
 	}
+	f.Add([]byte(`{"key_id":"eth-dev","chain":"ethereum","payload":"` + ethSeedPayload(nil) + `","expect":{"amount":"1","Amount":"2"}}`))
+	f.Add([]byte(`{"key_id":"eth-dev","chain":"ethereum","payload":"` + ethSeedPayload(nil) + `","expect":{"amount":"1","amount":"2"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		a := h.post(t, fuzzClient, "/v1/sign", data)
 		rec := h.signer.take()
@@ -72,6 +75,9 @@ func FuzzSignBody(f *testing.F) {
 			}
 			if !strictShape(data) {
 				t.Fatalf("/v1/sign accepted %q, which is not one JSON object", data)
+			}
+			if exact, err := jsonstricttest.ExactNames(data, signBodyExample); err != nil || !exact {
+				t.Fatalf("/v1/sign accepted %q, whose member names are not each exactly a field's, once", data)
 			}
 			if again := h.post(t, fuzzClient, "/v1/sign", reencode(t, SignBody(rec.sign))); again.status != http.StatusOK {
 				t.Fatalf("re-encoded request refused: %d %s", again.status, again.code)
@@ -357,4 +363,21 @@ func FuzzValidateBody(f *testing.F) {
 			t.Fatalf("normal form %q validates as %d %s", r.Normalized, again.status, again.body)
 		}
 	})
+}
+
+// signBodyExample names every member of a sign body (see
+// jsonstricttest.ExactNames).
+var signBodyExample = SignBody{KeyID: "x", Chain: "x", Network: "x", Payload: "x", IdempotencyKey: "x",
+	Expect: &signing.Expect{Destination: "x", Amount: "x", Asset: "x"}}
+
+// FuzzStrictMembers: decodeStrict accepts one of the API's bodies exactly
+// when encoding/json does and an independent oracle finds every member name
+// exactly a field's, never twice in one object, and refuses it 400
+// bad_request (checkStrict). The checker itself is fuzzed in package
+// jsonstrict (FuzzDecode).
+func FuzzStrictMembers(f *testing.F) {
+	for _, c := range strictCases {
+		f.Add([]byte(c))
+	}
+	f.Fuzz(checkStrict)
 }

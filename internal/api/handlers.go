@@ -11,9 +11,11 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/apierr"
+	"github.com/custodysigner/appliance/internal/jsonstrict"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -197,6 +199,23 @@ type RequestBody struct {
 // maxWait bounds GET /v1/requests/{id}?wait=.
 const maxWait = 60 * time.Second
 
+// allowWait gives a long poll's answer its full http.write_timeout after
+// the wait: the server counts that timeout from when it read the request,
+// so a wait beyond it would otherwise end in a connection closed
+// unanswered. Only this response's deadline moves; net/http sets the
+// next request's own. (The read timeout needs nothing: net/http clears the
+// read deadline once a request's body has been read.)
+func (s *Server) allowWait(c echo.Context, wait time.Duration) {
+	wt := s.deps.HTTP.WriteTimeout.D()
+	if wait <= 0 || wt <= 0 {
+		return
+	}
+	err := http.NewResponseController(c.Response()).SetWriteDeadline(time.Now().Add(wait + wt))
+	if err != nil && !errors.Is(err, http.ErrNotSupported) {
+		logOf(c).Warn("long poll: the write deadline could not be extended", zap.Error(err))
+	}
+}
+
 func (s *Server) getRequest(c echo.Context) error {
 	id := c.Param("id")
 	var wait time.Duration
@@ -213,6 +232,7 @@ func (s *Server) getRequest(c echo.Context) error {
 	}
 	// Long-poll: wait for a final state, bounded, and only for a caller who
 	// may see the request.
+	s.allowWait(c, wait)
 	deadline := time.Now().Add(wait)
 	for wait > 0 && (r.State == store.StatePendingApproval || r.State == store.StateSigning) && time.Now().Before(deadline) && s.mayRead(c, r) {
 		select {
@@ -319,24 +339,27 @@ func requestBody(r store.Request) RequestBody {
 // data are errors, so a typo in a field name is never silently ignored.
 func decodeJSON(c echo.Context, v any) error { return decodeStrict(c.Request().Body, v) }
 
-// decodeStrict is decodeJSON over any reader (a batch's items).
+// decodeStrict is decodeJSON over any reader (a batch's items). Beyond
+// encoding/json's own checks, a member name must be exactly a field's name
+// and may appear only once per object (see package jsonstrict): a proxy or
+// policy layer in front of the appliance that reads the first "key_id", or
+// only the exact one, must never see another request than the one signed.
 func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var he *echo.HTTPError
-		if errors.As(err, &he) {
-			return he // body limit
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			// The connection's read deadline (http.read_timeout) passed
-			// while the body was still arriving: a slow body.
-			return apierr.Wrap(err, http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive within the read timeout")
-		}
-		return apierr.Wrap(err, http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: %v", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+	err := jsonstrict.Decode(r, v)
+	var he *echo.HTTPError
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, jsonstrict.ErrTrailingData):
+		// Whatever stopped the read after the value (even the body limit).
 		return apierr.New(http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: trailing data after the object")
+	case errors.As(err, &he):
+		return he // body limit
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The connection's read deadline (http.read_timeout) passed
+		// while the body was still arriving: a slow body.
+		return apierr.Wrap(err, http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive within the read timeout")
 	}
-	return nil
+	// encoding/json's refusal, or a *jsonstrict.MemberError.
+	return apierr.Wrap(err, http.StatusBadRequest, apierr.CodeBadRequest, "malformed JSON: %v", err)
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custodysigner/appliance/internal/jsonstrict/jsonstricttest"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -39,15 +40,46 @@ func paramsOf(kind string) any {
 	return nil
 }
 
+// exampleOf is a value of the kind's parameter type whose JSON names every
+// member (see jsonstricttest.ExactNames); nil for an unknown kind.
+func exampleOf(kind string) any {
+	switch kind {
+	case KindUnfreeze:
+		return UnfreezeParams{Reason: "x"}
+	case KindCreateKey:
+		return CreateKeyParams{ID: "x", Label: "x", Algorithm: "x", Chain: "x", Network: "x", WrappedBackup: true}
+	case KindGrantKey, KindRevokeKey:
+		return GrantKeyParams{Principal: "x", KeyID: "x"}
+	case KindAddPrincipal:
+		return PrincipalParams{Name: "x", Roles: []string{"x"}, Keys: []string{"x"}}
+	case KindRemovePrincipal, KindRemoveOfficer:
+		return NameParams{Name: "x"}
+	case KindAddOfficer:
+		return OfficerParams{Name: "x", ApprovalKey: []byte("x")}
+	case KindSetPolicy:
+		rate := &policy.Rate{PerSecond: 1, Burst: 1}
+		return SetPolicyParams{KeyID: "x", Rules: policy.Rules{PerTxMax: map[string]string{"*": "x"},
+			Windows: []policy.Window{{Asset: "x", Duration: "x", Max: "x"}}, RatePerClient: rate, RatePerKey: rate,
+			Allowlist: true, AllowlistDelay: "x", MaxFeePerGas: "x", MaxPriorityFeePerGas: "x", MaxFeeRate: 1, MaxFee: "x",
+			Contracts: map[string][]string{"*": {"x"}}, ApprovalAbove: map[string]string{"*": "x"},
+			ApprovalForNonAllowlisted: true, ApprovalForContractCalls: true, Approvals: 1}}
+	case KindAllowlistAdd:
+		return AllowlistParams{KeyID: "x", Address: "x"}
+	}
+	return nil
+}
+
 // FuzzCanonicalParams: the parameters of every proposal kind (the "params"
 // of POST /v1/proposals, what officers' approvals bind). Any bytes are
 // refused or canonicalised, never a panic; an unknown kind is always
-// refused; the canonical form is a fixed point (canonicalising it again
-// gives the same bytes, so the digest officers sign is the digest that is
-// stored); it decodes strictly into the same value; the kind's rules hold
-// for it; the executor's plain json.Unmarshal reads the same value; and a
-// set_policy's rules are readable by policy.ParseRules, the function that
-// reads stored rules back (otherwise an approved policy would brick its key).
+// refused; accepted parameters name each member exactly as its field, once
+// per object (by the oracle of jsonstricttest); the canonical form is a
+// fixed point (canonicalising it again gives the same bytes, so the digest
+// officers sign is the digest that is stored); it decodes strictly into
+// the same value; the kind's rules hold for it; the executor's plain
+// json.Unmarshal reads the same value; and a set_policy's rules are
+// readable by policy.ParseRules, the function that reads stored rules back
+// (otherwise an approved policy would brick its key).
 // The digest binds the parameters: other canonical bytes, another digest.
 func FuzzCanonicalParams(f *testing.F) {
 	for _, s := range []struct {
@@ -65,6 +97,9 @@ func FuzzCanonicalParams(f *testing.F) {
 		{9, `{"key_id":"btc-dev","address":"bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"}`},
 		{1, `{"id":"Bad ID"}`}, {6, `{"name":"o","approval_key":"AAAA"}`}, {0, ``}, {0, `null`}, {0, `{"reason":1}`},
 		{3, `{"principal":"","key_id":"k"}`}, {10, `{}`}, {0, `{"reason":"x"} {"reason":"y"}`},
+		{0, `{"Reason":"x"}`}, {4, `{"name":"n","roles":["client"],"roles":["officer"]}`}, {1, `{"id":"a","\u0069d":"b"}`},
+		{8, `{"key_id":"k","rules":{"windows":[{"asset":"ETH","Duration":"1h","max":"1"}]}}`},
+		{8, `{"key_id":"k","rules":{"per_tx_max":{"ETH":"1","ETH":"2"}}}`}, {9, `{"\u212aey_id":"k","address":"a"}`},
 	} {
 		f.Add(s.kind, []byte(s.params))
 	}
@@ -79,6 +114,9 @@ func FuzzCanonicalParams(f *testing.F) {
 		}
 		if paramsOf(kind) == nil {
 			t.Fatalf("unknown kind %q accepted", kind)
+		}
+		if exact, err := jsonstricttest.ExactNames(raw, exampleOf(kind)); err != nil || !exact {
+			t.Fatalf("%s: accepted %q, whose member names are not each exactly a field's, once (%v)", kind, raw, err)
 		}
 		again, err := CanonicalParams(kind, canon)
 		if err != nil || !bytes.Equal(again, canon) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/custodysigner/appliance/internal/jsonstrict"
 	"github.com/custodysigner/appliance/internal/policy"
 )
 
@@ -82,8 +83,10 @@ var roles = map[string]bool{"client": true, "officer": true, "auditor": true, "o
 
 var idPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 
-// CanonicalParams strictly decodes params for kind, validates them, and
-// re-encodes them canonically: the bytes the digest binds.
+// CanonicalParams strictly decodes params for kind (jsonstrict.Decode: an
+// unknown member, a member name in another case or one repeated in an
+// object is refused), validates them, and re-encodes them canonically: the
+// bytes the digest binds.
 func CanonicalParams(kind string, raw json.RawMessage) ([]byte, error) {
 	var v any
 	var check func() error
@@ -158,9 +161,10 @@ func CanonicalParams(kind string, raw json.RawMessage) ([]byte, error) {
 	if len(raw) == 0 {
 		raw = json.RawMessage("{}")
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	// As the body around them: a tool that reads these bytes before the
+	// appliance (the first "key_id", or only the exact one) reads what is
+	// proposed.
+	if err := jsonstrict.Decode(bytes.NewReader(raw), v); err != nil {
 		return nil, fmt.Errorf("%s parameters: %w", kind, err)
 	}
 	if err := check(); err != nil {

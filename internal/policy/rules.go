@@ -7,13 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"math/big"
 	"regexp"
 	"strings"
 	"time"
 
+	"github.com/custodysigner/appliance/internal/jsonstrict"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -98,17 +98,16 @@ type window struct {
 	rule  string
 }
 
-// ParseRules decodes JSON strictly (unknown fields are errors) and validates.
+// ParseRules decodes JSON strictly (unknown fields, a member name in
+// another case or repeated in an object, and trailing data are errors) and
+// validates.
 func ParseRules(data []byte) (Rules, error) {
 	var r Rules
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
+	// Anything after the object, even a stray bracket, is refused; so is a
+	// name not exactly a field's or repeated: what a reviewer reads in the
+	// rules ("approvals", not an "Approvals" after it) is what is enforced.
+	if err := jsonstrict.Decode(bytes.NewReader(data), &r); err != nil {
 		return Rules{}, fmt.Errorf("policy: decode rules: %v: %w", err, ErrInvalidRules)
-	}
-	// Anything after the object, even a stray bracket, is refused.
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return Rules{}, fmt.Errorf("policy: trailing data after rules: %w", ErrInvalidRules)
 	}
 	if err := r.Validate(); err != nil {
 		return Rules{}, err
