@@ -16,8 +16,9 @@ import (
 
 // Bounds on hostile or runaway clients, applied to every request before
 // any handler, body read or store work (docs/SECURITY.md, "Hostile
-// clients"): a token bucket per principal (429 throttled) and a global
-// bound on requests in flight (503 overloaded). Neither queues: a request
+// clients"): a token bucket per principal (429 throttled), a bound on each
+// principal's requests in flight (429 too_many_in_flight) and a global
+// bound on requests in flight (503 overloaded). None queues: a request
 // over a bound is answered at once.
 
 // Codes of the refusals this file adds; like apierr's, clients match on
@@ -31,6 +32,11 @@ const (
 	// same idempotency key) may simply be sent again later — unlike the
 	// policy's rate_limited, which records the request as denied.
 	CodeThrottled = "throttled"
+	// CodeTooManyInFlight (429, Retry-After): the principal already has
+	// http.max_in_flight_per_principal requests being handled. As with
+	// throttled, nothing was read or recorded: the same request may be sent
+	// again once one of the principal's others has been answered.
+	CodeTooManyInFlight = "too_many_in_flight"
 	// CodeRequestTimeout (408): the request body did not arrive within
 	// http.read_timeout.
 	CodeRequestTimeout = "request_timeout"
@@ -38,8 +44,10 @@ const (
 
 const (
 	// OfficerReserve is how far requests of principals holding the officer
-	// role may go beyond http.max_in_flight, so that a freeze (or an
-	// unseal) still gets through while clients fill the server.
+	// role may go beyond http.max_in_flight, and beyond their own
+	// http.max_in_flight_per_principal, so that a freeze (or an unseal)
+	// still gets through while clients fill the server, or while the
+	// officer's own tooling holds its share.
 	OfficerReserve = 16
 	// maxRateBuckets bounds the per-principal buckets kept in memory.
 	// Principals beyond it (only possible with that many distinct
@@ -53,7 +61,9 @@ const (
 	// limited, and about the server being overloaded: the refused requests
 	// themselves are logged at debug level and counted in the metrics.
 	limitLogEvery = time.Minute
-	// overloadRetryAfter is the Retry-After of 503 overloaded.
+	// overloadRetryAfter is the Retry-After of 503 overloaded and of 429
+	// too_many_in_flight: a slot is freed whenever a request is answered,
+	// which a client cannot predict, so it is told to come back soon.
 	overloadRetryAfter = time.Second
 )
 
@@ -108,10 +118,13 @@ func (l *rateLimiter) allow(name string) (ok bool, retry time.Duration, warn boo
 			b = &l.overflow
 		}
 	}
+	// now was read before the lock: a caller that read it earlier may get
+	// here after one that read it later. Moving last backwards would credit
+	// that interval twice, so it only moves forwards.
 	if el := now.Sub(b.last); el > 0 {
 		b.tokens = min(l.burst, b.tokens+el.Seconds()*l.rate)
+		b.last = now
 	}
-	b.last = now
 	if b.tokens >= 1 {
 		b.tokens--
 		return true, 0, false
@@ -141,12 +154,15 @@ func (l *rateLimiter) len() int {
 	return len(l.buckets)
 }
 
-// inFlight counts the requests being handled against http.max_in_flight.
+// inFlight counts the requests being handled against http.max_in_flight,
+// and each principal's against http.max_in_flight_per_principal.
 type inFlight struct {
 	max      int64
 	n        atomic.Int64
 	peak     atomic.Int64
 	lastWarn atomic.Int64 // unix nanoseconds of the last overload warning
+
+	principals principalInFlight
 }
 
 // acquire takes a slot, beyond max by OfficerReserve for officers. It
@@ -168,28 +184,93 @@ func (f *inFlight) acquire(officer bool) bool {
 
 func (f *inFlight) release() { f.n.Add(-1) }
 
+// principalInFlight counts each principal's requests being handled. A
+// principal has an entry only while it has a request in flight (the entry
+// goes when its count returns to zero), so the map never holds more
+// entries than there are requests between admission and answer: unlike
+// the rate limiter's buckets it needs no cap and no sweep.
+type principalInFlight struct {
+	mu       sync.Mutex
+	n        map[string]int
+	lastWarn atomic.Int64 // unix nanoseconds of the last warning
+}
+
+// acquire takes one of name's limit slots. It never waits.
+func (p *principalInFlight) acquire(name string, limit int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[name] >= limit {
+		return false
+	}
+	if p.n == nil {
+		p.n = make(map[string]int)
+	}
+	p.n[name]++
+	return true
+}
+
+func (p *principalInFlight) release(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := p.n[name]; n > 1 {
+		p.n[name] = n - 1
+	} else {
+		delete(p.n, name)
+	}
+}
+
+// of is name's requests in flight.
+func (p *principalInFlight) of(name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n[name]
+}
+
+// len is the number of principals with a request in flight.
+func (p *principalInFlight) len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.n)
+}
+
+// warnOnce reports whether a warning is due now: at most one per
+// limitLogEvery for each last (unix nanoseconds of the previous one).
+func warnOnce(last *atomic.Int64) bool {
+	now := time.Now().UnixNano()
+	l := last.Load()
+	return now-l >= int64(limitLogEvery) && last.CompareAndSwap(l, now)
+}
+
 // LimitStats is what the request bounds hold right now, for tests and
 // status.
 type LimitStats struct {
 	InFlight     int // requests being handled
 	PeakInFlight int // the most at once since start
 	RateBuckets  int // per-principal token buckets held (at most 4096)
+	// Principals is how many principals have a request being handled.
+	Principals int
 }
 
 // Limits reports the request bounds' state.
 func (s *Server) Limits() LimitStats {
-	st := LimitStats{InFlight: int(s.inflight.n.Load()), PeakInFlight: int(s.inflight.peak.Load())}
+	st := LimitStats{InFlight: int(s.inflight.n.Load()), PeakInFlight: int(s.inflight.peak.Load()),
+		Principals: s.inflight.principals.len()}
 	if s.rate != nil {
 		st.RateBuckets = s.rate.len()
 	}
 	return st
 }
 
-// admit applies the per-principal rate limit, then the in-flight bound, to
-// a request from the certificate's principal name (p is its registration,
-// nil if none). It returns the release of its in-flight slot, or the
-// refusal. Refusals are logged at debug level; a warning is logged at most
-// once a minute per principal (rate) or for the server (overload).
+// InFlightOf is how many requests of the principal (a certificate's
+// principal name) are being handled (0 while its bound is off).
+func (s *Server) InFlightOf(principal string) int { return s.inflight.principals.of(principal) }
+
+// admit applies the per-principal rate limit, then the per-principal
+// in-flight bound, then the global one, to a request from the
+// certificate's principal name (p is its registration, nil if none). It
+// returns the release of its in-flight slots, or the refusal. Refusals are
+// logged at debug level; a warning is logged at most once a minute per
+// principal (rate) or for the server (in flight, per principal or in all).
 func (s *Server) admit(c echo.Context, name string, p *access.Principal, log *zap.Logger) (func(), error) {
 	if s.rate != nil {
 		ok, retry, warn := s.rate.allow(name)
@@ -203,15 +284,43 @@ func (s *Server) admit(c echo.Context, name string, p *access.Principal, log *za
 				Message: "too many requests from this principal; retry later", RetryAfter: retry}
 		}
 	}
-	if !s.inflight.acquire(p.Has(access.RoleOfficer)) {
+	officer := p.Has(access.RoleOfficer)
+	// The principal's own bound comes before the global one, so that a
+	// principal holding its share is told so (429) rather than that the
+	// server is full, and a refused request never takes a global slot.
+	perPrincipal := s.deps.HTTP.MaxInFlightPerPrincipal // <= 0: off
+	if perPrincipal > 0 {
+		limit := perPrincipal
+		if officer {
+			limit += OfficerReserve
+		}
+		if !s.inflight.principals.acquire(name, limit) {
+			c.Set("limited", true)
+			if warnOnce(&s.inflight.principals.lastWarn) {
+				log.Warn("principal at its bound on requests in flight: requests refused (429 too_many_in_flight); further refusals of any principal are logged at debug level for a minute",
+					zap.Int("max_in_flight_per_principal", limit))
+			}
+			return nil, &apierr.Error{Status: http.StatusTooManyRequests, Code: CodeTooManyInFlight,
+				Message: "this principal has as many requests in flight as it may; retry when one has been answered", RetryAfter: overloadRetryAfter}
+		}
+	}
+	if !s.inflight.acquire(officer) {
+		if perPrincipal > 0 {
+			s.inflight.principals.release(name)
+		}
 		c.Set("limited", true)
-		now := time.Now().UnixNano()
-		if last := s.inflight.lastWarn.Load(); now-last >= int64(limitLogEvery) && s.inflight.lastWarn.CompareAndSwap(last, now) {
+		if warnOnce(&s.inflight.lastWarn) {
 			log.Warn("server overloaded: requests refused (503 overloaded); further refusals are logged at debug level for a minute",
 				zap.Int64("max_in_flight", s.inflight.max))
 		}
 		return nil, &apierr.Error{Status: http.StatusServiceUnavailable, Code: CodeOverloaded,
 			Message: "the appliance is handling as many requests as it may; retry later", RetryAfter: overloadRetryAfter}
 	}
-	return s.inflight.release, nil
+	if perPrincipal <= 0 {
+		return s.inflight.release, nil
+	}
+	return func() {
+		s.inflight.release()
+		s.inflight.principals.release(name)
+	}, nil
 }

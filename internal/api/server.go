@@ -327,7 +327,13 @@ func (s *Server) recoverer(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) (err error) {
 		defer func() {
 			if r := recover(); r != nil {
-				s.deps.Log.Error("panic in handler", zap.Any("panic", r), zap.Stack("stack"))
+				// The request's logger, when there is one, so the line
+				// names the request id and principal.
+				log := s.deps.Log
+				if l, ok := c.Get("log").(*zap.Logger); ok {
+					log = l
+				}
+				log.Error("panic in handler", zap.Any("panic", r), zap.Stack("stack"))
 				err = apierr.Internal(fmt.Errorf("panic: %v", r))
 			}
 		}()

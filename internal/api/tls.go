@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -109,9 +110,23 @@ func (t *TLS) ReloadCRL() (bool, error) {
 // CRLState is what the CRL in force says about itself.
 type CRLState struct {
 	Path       string
-	Issuers    []string  // subjects of the CAs it covers
+	LoadedAt   time.Time // when this file was put in force (at start or a reload)
+	Issuers    []string  // subjects of the CAs it covers, sorted
 	Revoked    int       // revoked serials, all issuers together
 	NextUpdate time.Time // earliest of the CRLs' next updates (zero: none says)
+	// Stale is true once a CRL has passed its next update: every client
+	// certificate of its CA is then refused at the handshake.
+	Stale bool
+	Lists []CRLListState // one per CRL in force, by issuer
+}
+
+// CRLListState is one CA's CRL in force.
+type CRLListState struct {
+	Issuer     string
+	ThisUpdate time.Time
+	NextUpdate time.Time // zero: the CRL names none
+	Revoked    int
+	Stale      bool
 }
 
 // CRL describes the CRL in force (nil when none is configured).
@@ -120,14 +135,25 @@ func (t *TLS) CRL() *CRLState {
 	if r == nil {
 		return nil
 	}
-	st := &CRLState{Path: t.crlPath}
+	now := t.now()
+	st := &CRLState{Path: t.crlPath, LoadedAt: r.loadedAt}
+	seen := map[*crlList]bool{} // a CRL signed by two CAs of the bundle is in byCA twice
 	for _, l := range r.byCA {
+		if seen[l] {
+			continue
+		}
+		seen[l] = true
+		ls := CRLListState{Issuer: l.issuer, ThisUpdate: l.this, NextUpdate: l.next, Revoked: len(l.serials), Stale: l.expired(now)}
+		st.Lists = append(st.Lists, ls)
 		st.Issuers = append(st.Issuers, l.issuer)
-		st.Revoked += len(l.serials)
+		st.Revoked += ls.Revoked
+		st.Stale = st.Stale || ls.Stale
 		if !l.next.IsZero() && (st.NextUpdate.IsZero() || l.next.Before(st.NextUpdate)) {
 			st.NextUpdate = l.next
 		}
 	}
+	slices.SortFunc(st.Lists, func(a, b CRLListState) int { return strings.Compare(a.Issuer, b.Issuer) })
+	slices.Sort(st.Issuers)
 	return st
 }
 
@@ -138,7 +164,8 @@ const crlSkew = 5 * time.Minute
 // revocations is the CRL in force: one list per CA of the bundle that
 // signed one.
 type revocations struct {
-	byCA map[string]*crlList // by the CA certificate's DER
+	byCA     map[string]*crlList // by the CA certificate's DER
+	loadedAt time.Time
 }
 
 type crlList struct {
@@ -147,6 +174,10 @@ type crlList struct {
 	this    time.Time
 	next    time.Time
 }
+
+// expired reports whether the CRL has passed its next update at now: a
+// stale CRL may miss revocations, so its CA's clients are refused.
+func (l *crlList) expired(now time.Time) bool { return !l.next.IsZero() && !now.Before(l.next) }
 
 // loadCRL reads one or more CRLs (PEM "X509 CRL" blocks, or one DER CRL).
 // Each must be signed by a CA of cas and be current at now; of two CRLs
@@ -173,7 +204,7 @@ func loadCRL(path string, cas []*x509.Certificate, now time.Time) (*revocations,
 	} else {
 		ders = [][]byte{raw}
 	}
-	r := &revocations{byCA: map[string]*crlList{}}
+	r := &revocations{byCA: map[string]*crlList{}, loadedAt: now}
 	for i, der := range ders {
 		list, err := x509.ParseRevocationList(der)
 		if err != nil {
@@ -242,7 +273,7 @@ func (t *TLS) verifyConnection(cs tls.ConnectionState) error {
 		switch {
 		case l == nil:
 			return fmt.Errorf("%w (issuer %q)", errNoCRL, issuer.Subject.String())
-		case !l.next.IsZero() && !now.Before(l.next):
+		case l.expired(now):
 			return fmt.Errorf("the CRL of %q expired at %s (its next update): client certificates are refused until a fresh CRL is loaded",
 				l.issuer, l.next.UTC().Format(time.RFC3339))
 		case l.serials[leaf.SerialNumber.String()]:

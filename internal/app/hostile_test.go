@@ -413,7 +413,7 @@ func TestRateLimitTenThousandRequests(t *testing.T) {
 // Retry-After at once; an officer still gets through on the reserve; the
 // slots come back when those requests end.
 func TestInFlightLimit(t *testing.T) {
-	e := newEnvWith(t, "http: {max_in_flight: 4, read_header_timeout: 5s, read_timeout: 30s}\n")
+	e := newEnvWith(t, "http: {max_in_flight: 4, max_in_flight_per_principal: -1, read_header_timeout: 5s, read_timeout: 30s}\n")
 	e.start()
 	cert := e.certOf("client")
 	var held []*tls.Conn

@@ -267,9 +267,25 @@ type HTTP struct {
 	// answered 503 overloaded at once, never queued. Officers have a small
 	// reserve above it, so a freeze still gets through.
 	MaxInFlight int `yaml:"max_in_flight"`
+	// MaxInFlightPerPrincipal bounds the requests one principal
+	// (certificate, registered or not) has being handled at once, so that a
+	// single client, slow or hostile, cannot hold all of MaxInFlight — and
+	// with it the HSM sessions and the store's writer — and starve the
+	// others; beyond it a request is answered 429 too_many_in_flight at
+	// once, never queued. Officers have the same reserve above it as above
+	// MaxInFlight. 0 takes the default, half of MaxInFlight (256 of the
+	// default 512; at least 1): whatever one principal does, the others
+	// keep at least half of the slots, while one upstream service may still
+	// run as many requests at once from a single certificate as the
+	// appliance's own load tests do (200 in TestFreezeDuringLoad), far
+	// beyond the default HSM pool of 4 sessions (requests beyond the pool
+	// only wait for a session). With several upstream principals, lower it
+	// to protect each from more than one misbehaving client. A negative
+	// value turns the bound off; it is at most MaxInFlight.
+	MaxInFlightPerPrincipal int `yaml:"max_in_flight_per_principal"`
 	// RatePerPrincipal is each principal's sustained request rate per
 	// second at the API, before any work (a token bucket of RateBurst
-	// requests); beyond it 429 rate_limited. 0 takes the default (5000/s,
+	// requests); beyond it 429 throttled. 0 takes the default (5000/s,
 	// burst 10000); a negative rate turns the limit off.
 	RatePerPrincipal float64 `yaml:"rate_per_principal"`
 	RateBurst        int     `yaml:"rate_burst"`
@@ -444,6 +460,9 @@ func (c *Config) applyDefaults() {
 	if h.MaxInFlight == 0 {
 		h.MaxInFlight = 512
 	}
+	if h.MaxInFlightPerPrincipal == 0 {
+		h.MaxInFlightPerPrincipal = max(1, h.MaxInFlight/2)
+	}
 	if h.RatePerPrincipal == 0 {
 		h.RatePerPrincipal = 5000
 	}
@@ -513,6 +532,9 @@ func (c *Config) validate() error {
 	}
 	if c.HTTP.MaxInFlight < 1 || c.HTTP.MaxInFlight > 65536 {
 		bad("http.max_in_flight: %d is outside 1..65536", c.HTTP.MaxInFlight)
+	}
+	if p := c.HTTP.MaxInFlightPerPrincipal; p > c.HTTP.MaxInFlight {
+		bad("http.max_in_flight_per_principal: %d is more than http.max_in_flight (%d); negative turns it off", p, c.HTTP.MaxInFlight)
 	}
 	// NaN (r != r) is refused: it compares false with everything and would
 	// silently disable the limit. +Inf is over the bound; -Inf is off.

@@ -23,11 +23,29 @@ func TestHTTPBounds(t *testing.T) {
 	if c, err := Parse([]byte(minimal + "http: {rate_per_principal: -1}\n")); err != nil || c.HTTP.RatePerPrincipal >= 0 {
 		t.Fatalf("a negative rate turns the limit off: %v", err)
 	}
+	for _, tc := range []struct {
+		doc  string
+		want int
+	}{
+		{"", 256},                            // half of the default 512
+		{"http: {max_in_flight: 100}\n", 50}, // half of max_in_flight
+		{"http: {max_in_flight: 1}\n", 1},    // never 0
+		{"http: {max_in_flight_per_principal: 7}\n", 7},
+		{"http: {max_in_flight: 4, max_in_flight_per_principal: 4}\n", 4},
+		{"http: {max_in_flight_per_principal: -1}\n", -1}, // off, kept as set
+	} {
+		c, err := Parse([]byte(minimal + tc.doc))
+		if err != nil || c.HTTP.MaxInFlightPerPrincipal != tc.want {
+			t.Errorf("%q: max_in_flight_per_principal %+v (%v), want %d", tc.doc, c, err, tc.want)
+		}
+	}
 	for _, doc := range []string{
 		"http: {read_header_timeout: 20s}\n",
 		"http: {read_timeout: -1s}\n",
 		"http: {max_in_flight: -1}\n",
 		"http: {max_in_flight: 100000}\n",
+		"http: {max_in_flight_per_principal: 513}\n",
+		"http: {max_in_flight: 4, max_in_flight_per_principal: 5}\n",
 		"http: {max_header_bytes: 100}\n",
 		"http: {rate_per_principal: .nan}\n",
 		"http: {rate_per_principal: .inf}\n",
