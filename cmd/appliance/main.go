@@ -33,7 +33,10 @@ const (
 	exitOK      = 0
 	exitFailure = 1
 	exitUsage   = 2
-	exitConfig  = 3
+	// exitConfig: a configuration error, or no database where the
+	// installation's must be (a wrong store.path, or a lost database):
+	// restarting cannot help, so systemd does not.
+	exitConfig = 3
 	// exitTampered: audit verification found the chain tampered with.
 	exitTampered = 4
 )
@@ -103,7 +106,7 @@ func main() {
 	case errors.As(err, &ue):
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(exitUsage)
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.Is(err, app.ErrNoDatabase):
 		os.Exit(exitConfig)
 	default:
 		os.Exit(exitFailure)
@@ -134,6 +137,9 @@ func run(args []string, out io.Writer) error {
 			fs.Var(&shares, "share-file", "unseal share file (repeat until the threshold): the quorum's authority")
 		})
 		if err != nil {
+			return err
+		}
+		if err := app.RequireDatabase(cfg); err != nil {
 			return err
 		}
 		v, err := app.SetPolicyLocal(context.Background(), cfg, log, keyID, []byte(rules), shares)
@@ -302,12 +308,12 @@ func initCmd(args []string) error {
 		defer clear(soPIN)
 	}
 	if threshold == 0 && officers == "" {
-		return app.Init(context.Background(), cfg, log, soPIN)
+		return app.InitAppliance(context.Background(), cfg, log, soPIN, nil)
 	}
 	if len(soPIN) == 0 || outDir == "" || officers == "" {
 		return usageError{"init ceremony: --so-pin-file, --threshold, --officers and --out are required"}
 	}
-	return app.InitCeremony(context.Background(), cfg, log, soPIN, app.CeremonySpec{
+	return app.InitAppliance(context.Background(), cfg, log, soPIN, &app.CeremonySpec{
 		Threshold: threshold, Officers: strings.Split(officers, ","), OutDir: outDir, GenerateApprovalKeys: genKeys,
 	})
 }
@@ -340,6 +346,9 @@ func keysCmd(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if err := app.RequireDatabase(cfg); err != nil {
+			return err
+		}
 		spec.Algorithm = hsm.Algorithm(alg)
 		k, err := app.CreateKey(context.Background(), cfg, log, spec, shares)
 		if err != nil {
@@ -350,6 +359,9 @@ func keysCmd(args []string, out io.Writer) error {
 	case "list":
 		cfg, log, err := loadConfig("keys list", args[1:], nil)
 		if err != nil {
+			return err
+		}
+		if err := app.RequireDatabase(cfg); err != nil {
 			return err
 		}
 		keys, err := app.ListKeys(context.Background(), cfg, log)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -88,7 +89,12 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		}
 	}
 	a.notifier.Status("opening store")
-	if a.store, err = store.Open(ctx, cfg.Store.Path, log.Named("store")); err != nil {
+	// Never a new database here: a missing or emptied one means the
+	// installation's state is lost while the token still holds its keys.
+	if a.store, err = store.OpenExisting(ctx, cfg.Store.Path, log.Named("store")); err != nil {
+		if errors.Is(err, ErrNoDatabase) {
+			return nil, fmt.Errorf("refusing to start: %w", noDatabase(err))
+		}
 		return nil, fmt.Errorf("open store: %w", err)
 	}
 	// Integrity at start: a damaged database is refused with a clear report,
@@ -157,7 +163,7 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		{Name: "hsm", Critical: true, Probe: a.probeHSM},
 		{Name: "store", Critical: true, Probe: a.store.Probe},
 		{Name: "keys", Probe: a.probeKeys},
-	}, a.thresholdChecks()...)...)
+	}, append(a.thresholdChecks(), a.crlCheck())...)...)
 	if a.tls, err = api.NewTLS(cfg.TLS); err != nil {
 		return nil, err
 	}
@@ -183,6 +189,136 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		return nil, err
 	}
 	return a, nil
+}
+
+// ErrNoDatabase (store.ErrNoDatabase): where an installation's database
+// must be there is none, or an empty one, or not an appliance database. The
+// start and every command but init refuse with it, and so does init when
+// the token already belongs to an initialised appliance: the token holds
+// the keys and the audit key, and a new database beside them would reset
+// the registry, the policy windows and the audit chain.
+var ErrNoDatabase = store.ErrNoDatabase
+
+// noDatabase adds what to do to a refusal wrapping ErrNoDatabase. The
+// section named is the runbook in docs/RECOVERY.md.
+func noDatabase(err error) error {
+	return fmt.Errorf("%w; the appliance creates its database only at `appliance init`: if it was initialised before, "+
+		"its database is lost: restore it from a backup, do not initialise it again "+
+		`(docs/RECOVERY.md, "Database missing or empty")`, err)
+}
+
+// RequireDatabase refuses, before anything opens it, a database that is
+// missing or empty: the commands that work on an installation (keys create
+// and list, policy set) call it because the store they open would otherwise
+// start a new one.
+func RequireDatabase(cfg *config.Config) error {
+	err := store.Existing(cfg.Store.Path)
+	if errors.Is(err, ErrNoDatabase) {
+		return noDatabase(err)
+	}
+	return err
+}
+
+// InitAppliance is `appliance init`: the key ceremony with spec, else the
+// auto-unseal form (Init). It is the one command that starts a database,
+// and only beside a token that belongs to no appliance yet: the ceremony
+// initialises its token itself and fails on an existing one, and the
+// auto-unseal form refuses a token that holds an audit head (an appliance
+// checkpointed its audit chain there) or the backup wrapping key (put there
+// by a ceremony or a restore). When init fails where there was no database,
+// the database's files are left as they were found (removed, or the file
+// empty again), so that the next start cannot take a half-made database for
+// an installation.
+func InitAppliance(ctx context.Context, cfg *config.Config, log *zap.Logger, soPIN []byte, spec *CeremonySpec) (err error) {
+	path := cfg.Store.Path
+	noDB := store.Existing(path)
+	if !errors.Is(noDB, ErrNoDatabase) {
+		// An installation (or not a file at all): init opens it as it is.
+		if spec != nil {
+			return InitCeremony(ctx, cfg, log, soPIN, *spec)
+		}
+		return Init(ctx, cfg, log, soPIN)
+	}
+	existed := map[string]bool{}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		_, statErr := os.Lstat(p)
+		existed[p] = statErr == nil
+	}
+	if existed[path+"-wal"] {
+		return noDatabase(noDB) // the lost database's log, which the store refuses to build on
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, restoreNoDatabase(path, existed))
+		}
+	}()
+	if spec != nil {
+		err = InitCeremony(ctx, cfg, log, soPIN, *spec)
+		if errors.Is(err, hsm.ErrTokenExists) {
+			return fmt.Errorf("%w (the ceremony initialises the token itself); %w", err, noDatabase(noDB))
+		}
+		return err
+	}
+	if err := checkTokenUnused(ctx, cfg, log, noDB); err != nil {
+		return err
+	}
+	return Init(ctx, cfg, log, soPIN)
+}
+
+// checkTokenUnused refuses an existing token that holds the objects of an
+// initialised appliance, for the auto-unseal init of a new database. A
+// token that does not exist yet is for Init to create.
+func checkTokenUnused(ctx context.Context, cfg *config.Config, log *zap.Logger, noDB error) error {
+	m, err := OpenHSM(ctx, cfg, log, nil)
+	if errors.Is(err, hsm.ErrTokenNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	var holds []string
+	raw, err := m.ReadData(ctx, auditHeadLabel)
+	switch {
+	case err == nil:
+		what := "an audit head"
+		if cp, err := decodeHead(raw); err == nil {
+			what = fmt.Sprintf("an audit head (the checkpoint of audit entry %d)", cp.Seq)
+		}
+		holds = append(holds, what)
+	case !errors.Is(err, hsm.ErrDataNotFound):
+		return fmt.Errorf("read the token's audit head: %w", err)
+	}
+	wrap, err := m.HasWrappingKey(ctx, backupWrapLabel)
+	if err != nil {
+		return fmt.Errorf("look for the backup wrapping key on the token: %w", err)
+	}
+	if wrap {
+		holds = append(holds, "the backup wrapping key")
+	}
+	if len(holds) == 0 {
+		return nil
+	}
+	return fmt.Errorf("init: the token holds %s of an initialised appliance; %w", strings.Join(holds, " and "), noDatabase(noDB))
+}
+
+// restoreNoDatabase puts the database's files back as a failed init found
+// them: the ones it created removed, a file that was empty emptied again.
+func restoreNoDatabase(path string, existed map[string]bool) error {
+	var errs []error
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if !existed[p] {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if existed[path] {
+		if err := os.Truncate(path, 0); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // OpenHSM loads the PKCS#11 module named by the configuration and logs in

@@ -70,11 +70,15 @@ func (a *App) prepareAudit(ctx context.Context, m *hsm.Module, pin []byte) (*aud
 	if err != nil {
 		return nil, nil, err
 	}
-	signer, err := a.auditKey(ctx, m)
-	if err != nil {
+	// The token's audit head first: a database that is not the token's
+	// (younger, or another installation's) is refused before anything is
+	// written to the token, such as an audit key for a database that has
+	// none.
+	if err := a.checkAuditHead(ctx, m); err != nil {
 		return nil, nil, err
 	}
-	if err := a.checkAuditHead(ctx, m); err != nil {
+	signer, err := a.auditKey(ctx, m)
+	if err != nil {
 		return nil, nil, err
 	}
 	return signer, red, nil

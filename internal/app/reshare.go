@@ -34,7 +34,10 @@ type ReshareSpec struct {
 // the token. Backups stay restorable with the new shares (their keys do not
 // depend on the ceremony).
 func Reshare(ctx context.Context, cfg *config.Config, log *zap.Logger, shareFiles []string, spec ReshareSpec) error {
-	st, err := store.Open(ctx, cfg.Store.Path, log.Named("store"))
+	st, err := store.OpenExisting(ctx, cfg.Store.Path, log.Named("store"))
+	if errors.Is(err, ErrNoDatabase) {
+		return noDatabase(err)
+	}
 	if err != nil {
 		return err
 	}

@@ -86,6 +86,10 @@ func RestoreWith(ctx context.Context, cfg *config.Config, log *zap.Logger, mode 
 		if statErr == nil {
 			return nil, fmt.Errorf("restore: %s exists; move it aside first (this mode restores the database)", cfg.Store.Path)
 		}
+		// SQLite would apply a lost database's log to the restored one.
+		if _, err := os.Lstat(cfg.Store.Path + "-wal"); err == nil {
+			return nil, fmt.Errorf("restore: %s-wal, the write-ahead log of the lost database, is still there; move it aside too", cfg.Store.Path)
+		}
 	case RestoreToken:
 		if statErr != nil {
 			return nil, fmt.Errorf("restore: mode token keeps the database, but %s: %w", cfg.Store.Path, statErr)
@@ -139,7 +143,7 @@ func RestoreWith(ctx context.Context, cfg *config.Config, log *zap.Logger, mode 
 	if mode == RestoreToken {
 		dbPath = cfg.Store.Path
 	}
-	st, err := store.Open(ctx, dbPath, log.Named("store"))
+	st, err := store.OpenExisting(ctx, dbPath, log.Named("store"))
 	if err != nil {
 		return nil, fmt.Errorf("restore: open the database: %w", err)
 	}

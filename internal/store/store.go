@@ -41,6 +41,18 @@ var (
 	ErrSchemaTooNew = errors.New("database schema is newer than this binary")
 	// ErrIntegrity: SQLite's quick_check found corruption.
 	ErrIntegrity = errors.New("database integrity check failed")
+	// ErrNoDatabase: where an existing database was required there is none:
+	// the file is missing or empty, or holds no appliance schema. SQLite
+	// would take a zero-length file for an empty database and the
+	// migrations would build a new one over a lost installation.
+	ErrNoDatabase = errors.New("no appliance database")
+)
+
+// The two states in which Open may start a new database; OpenExisting
+// refuses them like every other ErrNoDatabase.
+var (
+	errMissing = fmt.Errorf("the file does not exist: %w", ErrNoDatabase)
+	errEmpty   = fmt.Errorf("the file is empty (0 bytes): %w", ErrNoDatabase)
 )
 
 // Tx is the write transaction handed to hooks and WriteTx callbacks. It is an
@@ -67,11 +79,31 @@ type Store struct {
 	gc groupCommit // concurrent write transactions share one commit (groupcommit.go)
 }
 
-// Open opens (creating if missing) the database at path and migrates it to
-// the newest schema this binary knows. A missing parent directory is created
-// 0700 and a missing file 0600, because the database holds request payloads
-// and policy state that only the appliance should read.
+// Open opens the database at path, creating it when there is none, and
+// migrates it to the newest schema this binary knows: the initialisation
+// path (appliance init; test fixtures). A missing or zero-length file is
+// taken as a new database; a missing parent directory is created 0700 and a
+// missing file 0600, because the database holds request payloads and policy
+// state that only the appliance should read. A missing or empty file whose
+// write-ahead log is still there is refused (ErrNoDatabase): SQLite would
+// apply the lost database's log to the new one.
+//
+// Everything that opens an installation rather than creating one uses
+// OpenExisting.
 func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
+	return open(ctx, path, log, true)
+}
+
+// OpenExisting is Open for an installation that already exists: the
+// appliance's start and every command but init. It never creates a
+// database: a missing or empty file is refused with an error wrapping
+// ErrNoDatabase before anything on disk is touched, and so is a file that
+// holds no appliance schema, before anything is written to it.
+func OpenExisting(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
+	return open(ctx, path, log, false)
+}
+
+func open(ctx context.Context, path string, log *zap.Logger, create bool) (*Store, error) {
 	if log == nil {
 		return nil, errors.New("store: a logger is required")
 	}
@@ -82,30 +114,14 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: resolve %q: %w", path, err)
 	}
-	if err := ensureFile(abs, log); err != nil {
+	if err := ensureFile(abs, log, create); err != nil {
 		return nil, err
 	}
 
 	s := &Store{log: log, now: time.Now}
-	s.w, err = openDB(writerDriver, abs, url.Values{
-		"_journal_mode": {"WAL"},
-		"_synchronous":  {"FULL"},
-		"_foreign_keys": {"on"},
-		"_txlock":       {"immediate"},
-	})
-	if err != nil {
-		return nil, err
-	}
-	s.w.SetMaxOpenConns(1)
-	s.w.SetMaxIdleConns(1)
-	s.w.SetConnMaxLifetime(0)
-	s.w.SetConnMaxIdleTime(0)
-	if err := s.checkPragmas(ctx); err != nil {
-		return nil, errors.Join(err, s.w.Close())
-	}
-
-	// The read pool opens before migrating: an upgrade snapshots the
-	// database through it first.
+	// The read pool opens first: an existing file's schema is checked
+	// through it before the writer (whose DSN switches the file to WAL)
+	// touches the file, and an upgrade snapshots the database through it.
 	s.r, err = openDB("sqlite3", abs, url.Values{
 		"_query_only":   {"1"},
 		"_foreign_keys": {"on"},
@@ -113,16 +129,57 @@ func Open(ctx context.Context, path string, log *zap.Logger) (*Store, error) {
 		"_synchronous": {"FULL"},
 	})
 	if err != nil {
-		return nil, errors.Join(err, s.w.Close())
+		return nil, err
 	}
 	s.r.SetMaxOpenConns(max(4, runtime.GOMAXPROCS(0)))
 	if err := s.r.PingContext(ctx); err != nil {
-		return nil, errors.Join(fmt.Errorf("store: open read pool: %w", err), s.Close())
+		return nil, errors.Join(fmt.Errorf("store: open read pool: %w", err), s.r.Close())
+	}
+	if !create {
+		if err := s.requireSchema(ctx, abs); err != nil {
+			return nil, errors.Join(err, s.r.Close())
+		}
+	}
+	s.w, err = openDB(writerDriver, abs, url.Values{
+		"_journal_mode": {"WAL"},
+		"_synchronous":  {"FULL"},
+		"_foreign_keys": {"on"},
+		"_txlock":       {"immediate"},
+	})
+	if err != nil {
+		return nil, errors.Join(err, s.r.Close())
+	}
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+	if err := s.checkPragmas(ctx); err != nil {
+		return nil, errors.Join(err, s.Close())
 	}
 	if err := s.migrate(ctx, abs); err != nil {
 		return nil, errors.Join(err, s.Close())
 	}
 	return s, nil
+}
+
+// requireSchema refuses a database that no appliance has migrated: no
+// schema_migrations table, or no migration recorded in it.
+func (s *Store) requireSchema(ctx context.Context, abs string) error {
+	var tables int
+	if err := s.r.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'`).Scan(&tables); err != nil {
+		return fmt.Errorf("store: read the schema of %s: %w", abs, err)
+	}
+	v := 0
+	if tables > 0 {
+		var err error
+		if v, err = schemaVersion(ctx, s.r); err != nil {
+			return err
+		}
+	}
+	if v == 0 {
+		return fmt.Errorf("store: %s: the file holds no appliance schema: %w", abs, ErrNoDatabase)
+	}
+	return nil
 }
 
 // Close closes both pools.
@@ -131,7 +188,9 @@ func (s *Store) Close() error {
 	if s.r != nil {
 		errs = append(errs, s.r.Close())
 	}
-	errs = append(errs, s.w.Close())
+	if s.w != nil {
+		errs = append(errs, s.w.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -174,30 +233,58 @@ func init() {
 	}})
 }
 
-// ensureFile creates the parent directory and the database file with owner-
-// only permissions. SQLite gives its -wal and -shm files the main file's mode,
+// Existing reports whether path holds a database file to open rather than
+// to create: nil for a non-empty regular file, else an error naming the
+// path and wrapping ErrNoDatabase (ErrInvalid for something that is not a
+// regular file). The schema is checked by OpenExisting when it opens the
+// file.
+func Existing(path string) error {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("store: resolve %q: %w", path, err)
+	}
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		err = fmt.Errorf("store: %s: %w", abs, errMissing)
+	case err != nil:
+		return fmt.Errorf("store: stat %s: %w", abs, err)
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("store: %s is not a regular file: %w", abs, ErrInvalid)
+	case fi.Size() == 0:
+		err = fmt.Errorf("store: %s: %w", abs, errEmpty)
+	default:
+		return nil
+	}
+	// A log without its database: the database was deleted or truncated
+	// after a crash or while the appliance ran.
+	if _, werr := os.Lstat(abs + "-wal"); werr == nil {
+		return fmt.Errorf("store: %s: the file is missing or empty, but its write-ahead log %s-wal is there: %w",
+			abs, filepath.Base(abs), ErrNoDatabase)
+	}
+	return err
+}
+
+// ensureFile checks the database file (Existing) and, when create allows
+// it, creates the parent directory and the file with owner-only
+// permissions. SQLite gives its -wal and -shm files the main file's mode,
 // so getting the main file right covers them too. An existing file readable
 // by others is tightened rather than refused: it is the appliance's own file.
-func ensureFile(abs string, log *zap.Logger) error {
-	dir := filepath.Dir(abs)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("store: create directory %s: %w", dir, err)
-	}
-	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+func ensureFile(abs string, log *zap.Logger, create bool) error {
+	err := Existing(abs)
 	switch {
 	case err == nil:
-		// Chmod as well: the process umask could only remove bits, but a
-		// created file must not depend on the caller's umask being sane.
-		return errors.Join(f.Chmod(0o600), f.Close())
-	case !errors.Is(err, os.ErrExist):
-		return fmt.Errorf("store: create %s: %w", abs, err)
+	case create && errors.Is(err, errMissing):
+		return createFile(abs)
+	case create && errors.Is(err, errEmpty):
+		// A new database, begun and not finished (or prepared by the
+		// operator): init goes on building it.
+	default:
+		return err
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
 		return fmt.Errorf("store: stat %s: %w", abs, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("store: %s is not a regular file: %w", abs, ErrInvalid)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		log.Warn("database file was accessible to others; tightening to 0600",
@@ -207,6 +294,29 @@ func ensureFile(abs string, log *zap.Logger) error {
 		}
 	}
 	return nil
+}
+
+// createFile creates a new, empty database file and its directory.
+func createFile(abs string) error {
+	dir := filepath.Dir(abs)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("store: create directory %s: %w", dir, err)
+	}
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	switch {
+	case errors.Is(err, os.ErrExist):
+		// Another process created it meanwhile (with the same mode), or
+		// the path is a dangling symbolic link, which is not followed.
+		if _, err := os.Stat(abs); err != nil {
+			return fmt.Errorf("store: create %s: %w", abs, err)
+		}
+		return nil
+	case err != nil:
+		return fmt.Errorf("store: create %s: %w", abs, err)
+	}
+	// Chmod as well: the process umask could only remove bits, but a
+	// created file must not depend on the caller's umask being sane.
+	return errors.Join(f.Chmod(0o600), f.Close())
 }
 
 // checkPragmas reads back the durability settings rather than trusting the
