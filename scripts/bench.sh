@@ -46,8 +46,11 @@ cfg=$bench/appliance.yaml
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
 
 echo "== build"
-go build -trimpath -ldflags "-X main.version=$version" -o bin/appliance ./cmd/appliance
-go build -trimpath -o bin/loadgen ./internal/loadgen/cmd/loadgen
+# BENCH_NOBUILD=1: run the binaries already in bin/ (interleaved A/B runs of two builds).
+if [[ -z ${BENCH_NOBUILD:-} ]]; then
+  go build -trimpath -ldflags "-X main.version=$version" -o bin/appliance ./cmd/appliance
+  go build -trimpath -o bin/loadgen ./internal/loadgen/cmd/loadgen
+fi
 
 if ((fresh)); then
   [[ -f $bench/appliance.pid ]] && kill -0 "$(cat "$bench/appliance.pid")" 2>/dev/null \

@@ -12,10 +12,12 @@ package softhsmtest
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/custodysigner/appliance/hsm"
@@ -51,6 +53,7 @@ var (
 )
 
 func setup() {
+	sweep(os.TempDir())
 	root, setupErr = os.MkdirTemp("", fmt.Sprintf("softhsmtest-%d-", os.Getpid()))
 	if setupErr != nil {
 		return
@@ -154,4 +157,22 @@ func NewToken(t testing.TB) (*hsm.URI, []byte) {
 		_ = os.RemoveAll(dir)
 	})
 	return &hsm.URI{ModulePath: mod, Token: label, PinValue: string(pin)}, pin
+}
+
+// sweep removes the directories that test processes now gone left in dir:
+// a test binary has no hook that runs after its last test, so each process
+// leaves its root behind, and the next one to set up clears them. A
+// directory whose process still runs (or whose number a new process took)
+// is kept.
+func sweep(dir string) {
+	matches, _ := filepath.Glob(filepath.Join(dir, "softhsmtest-*-*"))
+	for _, m := range matches {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(m), "softhsmtest-%d-", &pid); err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(m)
+		}
+	}
 }
