@@ -78,6 +78,9 @@ func TestStatusWithoutCRL(t *testing.T) {
 		t.Fatalf("status without a CRL: %s", raw.body)
 	}
 	e.healthCRL(true)
+	if v := e.app.metricsSnapshot(context.Background()).CRLNextUpdate; v.OK {
+		t.Fatalf("crl_next_update_seconds %v without a CRL, want absent", v.V)
+	}
 }
 
 // TestStatusCRLState: through the real server, /v1/status shows the client
@@ -199,7 +202,24 @@ func TestStatusCRLState(t *testing.T) {
 	}
 	check(e.statusCRL(), reloadedAfter, false, issuer{devIssuer, this, devNext, 2, false}, issuer{partnerIssuer, this, partnerNext, 1, false})
 
+	// The metric that warns before it happens: seconds to the earliest next
+	// update, then negative once it has passed.
+	crlNextMetric := func() float64 {
+		t.Helper()
+		v := e.app.metricsSnapshot(context.Background()).CRLNextUpdate
+		if !v.OK {
+			t.Fatal("no crl_next_update_seconds with a CRL in force")
+		}
+		return v.V
+	}
+	if got, want := crlNextMetric(), time.Until(partnerNext).Seconds(); got > want+0.5 || got < want-0.5 {
+		t.Fatalf("crl_next_update_seconds %.2f, want about %.2f", got, want)
+	}
+
 	time.Sleep(time.Until(partnerNext) + 100*time.Millisecond)
+	if got := crlNextMetric(); got >= 0 {
+		t.Fatalf("crl_next_update_seconds %.2f once the CRL has passed its next update, want negative", got)
+	}
 	check(e.statusCRL(), reloadedAfter, true, issuer{devIssuer, this, devNext, 2, false}, issuer{partnerIssuer, this, partnerNext, 1, true})
 	status, detail := e.healthCRL(false)
 	if status != "degraded" || !strings.Contains(detail, partnerIssuer) || !strings.Contains(detail, "has passed its next update") || strings.Contains(detail, devIssuer) {

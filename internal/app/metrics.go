@@ -143,6 +143,9 @@ func (a *App) metricsSnapshot(ctx context.Context) metrics.Snapshot {
 	} else {
 		fail("disk", err)
 	}
+	if crl := a.crlStatus(); crl.NextUpdate != nil {
+		s.CRLNextUpdate = metrics.Some(time.Until(*crl.NextUpdate).Seconds())
+	}
 	ws := a.obs.window.Stats()
 	s.HealthWindowSample = metrics.Some(ws.Count)
 	s.HSMErrorRatio = metrics.Some(ws.ErrorRate())

@@ -40,6 +40,7 @@ type Snapshot struct {
 	SignP99            Value // seconds, over the health window
 	HSMErrorRatio      Value // over the health window
 	HealthWindowSample Value // outcomes in the health window
+	CRLNextUpdate      Value // seconds until the earliest client CRL's next update; negative once passed
 
 	Failed []string
 }
@@ -69,7 +70,7 @@ type collector struct {
 	sealed, frozen, hsmHealthy, poolSize, inUse, waiters                desc
 	rebuilds, rebuildFailures, hsmErrors                                desc
 	pending, auditLen, cpSeq, cpAge, uncpAge, dbBytes, diskFree, diskSz desc
-	p99, errRatio, windowN                                              desc
+	p99, errRatio, windowN, crlNext                                     desc
 }
 
 // Collect registers a collector that calls src at every scrape with a
@@ -96,13 +97,15 @@ func (m *Metrics) Collect(src Source, timeout time.Duration) {
 		p99:             gauge("sign_latency_p99_seconds", "99th percentile of signed answers' latency over the health window (see health.window)."),
 		errRatio:        gauge("hsm_error_ratio", "Fraction of sign requests in the health window answered hsm_unavailable."),
 		windowN:         gauge("health_window_requests", "Sign outcomes currently in the health window."),
+		crlNext: gauge("crl_next_update_seconds", "Seconds until the earliest next update of the client CRLs in force; negative once it has passed "+
+			"(that CA's clients are then refused at the handshake). Absent without tls.crl, or when no CRL gives a next update."),
 	}
 	m.reg.MustRegister(c)
 }
 
 func (c *collector) all() []desc {
 	return []desc{c.sealed, c.frozen, c.hsmHealthy, c.poolSize, c.inUse, c.waiters, c.rebuilds, c.rebuildFailures, c.hsmErrors,
-		c.pending, c.auditLen, c.cpSeq, c.cpAge, c.uncpAge, c.dbBytes, c.diskFree, c.diskSz, c.p99, c.errRatio, c.windowN}
+		c.pending, c.auditLen, c.cpSeq, c.cpAge, c.uncpAge, c.dbBytes, c.diskFree, c.diskSz, c.p99, c.errRatio, c.windowN, c.crlNext}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -144,6 +147,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit(c.p99, s.SignP99)
 	emit(c.errRatio, s.HSMErrorRatio)
 	emit(c.windowN, s.HealthWindowSample)
+	emit(c.crlNext, s.CRLNextUpdate)
 	c.m.scrapeErrors.Collect(ch)
 }
 
