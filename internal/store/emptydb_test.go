@@ -61,6 +61,20 @@ func foreignSQLite(t *testing.T, path string) {
 	}
 }
 
+// begunSQLite writes what a first open leaves before the migrations run: a
+// valid, non-empty SQLite file in WAL mode with no tables.
+func begunSQLite(t *testing.T, path string) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Ping(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNoDatabaseRefused: where a database must already exist (the
 // appliance's start, every command but init) a missing, empty or
 // schema-less file is refused with ErrNoDatabase, naming the path, and
@@ -99,7 +113,7 @@ func TestNoDatabaseRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, false, false},
-		{"no appliance schema", foreignSQLite, true, true},
+		{"no appliance schema", begunSQLite, true, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -166,4 +180,33 @@ func TestNoDatabaseRefused(t *testing.T) {
 			s.Close()
 		})
 	}
+}
+
+// TestOpenRefusesAnotherApplicationsDatabase: where a database may be
+// created (init), a store.path pointing at another application's SQLite
+// file is refused (ErrInvalid, naming the path) and the file is left as it
+// was; a file with no tables at all, a new database begun and not finished,
+// is still built on.
+func TestOpenRefusesAnotherApplicationsDatabase(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	foreign := filepath.Join(dir, "other.db")
+	foreignSQLite(t, foreign)
+	before := dirState(t, dir)
+	_, err := Open(ctx, foreign, zaptest.NewLogger(t))
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), foreign) || !strings.Contains(err.Error(), "another application") {
+		t.Fatalf("Open on another application's database: %v; want ErrInvalid naming %s", err, foreign)
+	}
+	sameState(t, before, dirState(t, dir))
+
+	begun := filepath.Join(dir, "begun.db")
+	begunSQLite(t, begun)
+	if fi, err := os.Stat(begun); err != nil || fi.Size() == 0 {
+		t.Fatalf("the begun database should be a non-empty file without tables: %v", err)
+	}
+	s, err := Open(ctx, begun, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatalf("Open on a database with no tables: %v", err)
+	}
+	s.Close()
 }

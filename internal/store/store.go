@@ -135,10 +135,13 @@ func open(ctx context.Context, path string, log *zap.Logger, create bool) (*Stor
 	if err := s.r.PingContext(ctx); err != nil {
 		return nil, errors.Join(fmt.Errorf("store: open read pool: %w", err), s.r.Close())
 	}
-	if !create {
-		if err := s.requireSchema(ctx, abs); err != nil {
-			return nil, errors.Join(err, s.r.Close())
-		}
+	if create {
+		err = s.refuseForeign(ctx, abs)
+	} else {
+		err = s.requireSchema(ctx, abs)
+	}
+	if err != nil {
+		return nil, errors.Join(err, s.r.Close())
 	}
 	s.w, err = openDB(writerDriver, abs, url.Values{
 		"_journal_mode": {"WAL"},
@@ -178,6 +181,24 @@ func (s *Store) requireSchema(ctx context.Context, abs string) error {
 	}
 	if v == 0 {
 		return fmt.Errorf("store: %s: the file holds no appliance schema: %w", abs, ErrNoDatabase)
+	}
+	return nil
+}
+
+// refuseForeign refuses, where a database may be created, a file that
+// already holds another application's tables (a store.path pointing at the
+// wrong file): the migrations would add the appliance's schema to it. A
+// file with no tables (a new database begun and not finished) or with the
+// appliance's schema is fine.
+func (s *Store) refuseForeign(ctx context.Context, abs string) error {
+	var tables, ours int
+	err := s.r.QueryRowContext(ctx, `SELECT COUNT(*), COUNT(*) FILTER (WHERE name = 'schema_migrations')
+		FROM sqlite_master WHERE type = 'table'`).Scan(&tables, &ours)
+	if err != nil {
+		return fmt.Errorf("store: read the schema of %s: %w", abs, err)
+	}
+	if tables > 0 && ours == 0 {
+		return fmt.Errorf("store: %s holds %d tables of another application and no appliance schema: %w", abs, tables, ErrInvalid)
 	}
 	return nil
 }
