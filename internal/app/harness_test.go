@@ -71,6 +71,17 @@ func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, "") }
 // newEnvWith is newEnv with extra top-level YAML (e.g. a screening section).
 func newEnvWith(t *testing.T, extraYAML string) *env {
 	t.Helper()
+	e, _ := newBareEnv(t, extraYAML)
+	if _, err := CreateKey(context.Background(), e.cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newBareEnv is newEnvWith before anything is created: a new token (whose
+// user PIN it returns), its configuration, no database.
+func newBareEnv(t *testing.T, extraYAML string) (*env, []byte) {
+	t.Helper()
 	uri, pin := softhsmtest.NewToken(t)
 	dir := t.TempDir()
 	// The PIN by path, as production configures it.
@@ -84,10 +95,7 @@ func newEnvWith(t *testing.T, extraYAML string) *env {
 	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
 	// Whatever a test did, the PIN never reached a log line (debug included).
 	t.Cleanup(func() { e.assertNotLogged(string(pin)) })
-	if _, err := CreateKey(context.Background(), cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return e, pin
 }
 
 func (e *env) assertNotLogged(secret string) {

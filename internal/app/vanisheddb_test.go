@@ -4,19 +4,16 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest/observer"
-
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
 	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/store"
+	"github.com/custodysigner/appliance/internal/testfs"
 )
 
 // runbookRef is how every refusal names what to do.
@@ -30,37 +27,7 @@ const runbookRef = `docs/RECOVERY.md, "Database missing or empty"`
 // files.
 func diskState(t *testing.T, dirs ...string) map[string]string {
 	t.Helper()
-	out := map[string]string{}
-	for _, dir := range dirs {
-		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-			if err != nil || d.IsDir() || d.Name() == "token.object" {
-				return err
-			}
-			raw, err := os.ReadFile(p)
-			out[p] = string(raw)
-			return err
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return out
-}
-
-func unchanged(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for p, v := range after {
-		if b, ok := before[p]; !ok {
-			t.Errorf("%s was created", p)
-		} else if b != v {
-			t.Errorf("%s changed", p)
-		}
-	}
-	for p := range before {
-		if _, ok := after[p]; !ok {
-			t.Errorf("%s was removed", p)
-		}
-	}
+	return testfs.Snapshot(t, func(name string) bool { return name == "token.object" }, dirs...)
 }
 
 // refusedNoDatabase checks a refusal: ErrNoDatabase, the path, the runbook,
@@ -133,7 +100,7 @@ func TestVanishedDatabaseRefused(t *testing.T) {
 				t.Fatalf("a new ceremony: %v, want ErrTokenExists", err)
 			}
 
-			unchanged(t, snap, diskState(t, q.dir, softhsmtest.TokenDir()))
+			testfs.Unchanged(t, snap, diskState(t, q.dir, softhsmtest.TokenDir()))
 		})
 	}
 
@@ -165,18 +132,8 @@ func TestVanishedDatabaseRefused(t *testing.T) {
 // runbook, creating nothing, and so does the start.
 func TestInitRefusesUsedToken(t *testing.T) {
 	ctx := context.Background()
-	uri, pin := softhsmtest.NewToken(t)
-	dir := t.TempDir()
-	pinFile := filepath.Join(dir, "user.pin")
-	if err := os.WriteFile(pinFile, append(pin, '\n'), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	uri.PinValue, uri.PinSource = "", "file:"+pinFile
-	cfg := testConfig(t, dir, uri.String(), "seal: {auto_unseal: true}\n", "client", "officer1", "auditor", "operator")
-	core, logs := observer.New(zap.DebugLevel)
-	e := &env{t: t, dir: dir, cfg: cfg, logs: logs, log: zap.New(core)}
-	t.Cleanup(func() { e.assertNotLogged(string(pin)) })
-	path := cfg.Store.Path
+	e, pin := newBareEnv(t, "")
+	cfg, dir, path := e.cfg, e.dir, e.cfg.Store.Path
 
 	// A new installation: init creates the database.
 	if err := InitAppliance(ctx, cfg, e.log, nil, nil); err != nil {
@@ -207,7 +164,7 @@ func TestInitRefusesUsedToken(t *testing.T) {
 		a.Close()
 	}
 	refusedNoDatabase(t, "start", err, path, string(pin))
-	unchanged(t, snap, diskState(t, dir, softhsmtest.TokenDir()))
+	testfs.Unchanged(t, snap, diskState(t, dir, softhsmtest.TokenDir()))
 
 	// A database with the schema but none of this installation's state,
 	// made past init (by hand, or a restore of the wrong file): the start
@@ -231,5 +188,5 @@ func TestInitRefusesUsedToken(t *testing.T) {
 	if _, ok := errors.AsType[*seal.IntegrityError](err); !ok || !strings.Contains(err.Error(), "audit") {
 		t.Fatalf("unseal with a database younger than the token: %v; want an integrity refusal naming the audit chain", err)
 	}
-	unchanged(t, snap, diskState(t, softhsmtest.TokenDir()))
+	testfs.Unchanged(t, snap, diskState(t, softhsmtest.TokenDir()))
 }

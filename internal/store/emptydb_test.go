@@ -4,49 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/custodysigner/appliance/internal/testfs"
 )
-
-// dirState is what a test compares before and after a refused open: every
-// file under a directory with its size and contents.
-func dirState(t *testing.T, dir string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		raw, err := os.ReadFile(p)
-		out[p] = string(raw)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func sameState(t *testing.T, before, after map[string]string) {
-	t.Helper()
-	for p, v := range after {
-		if b, ok := before[p]; !ok {
-			t.Errorf("%s appeared", filepath.Base(p))
-		} else if b != v {
-			t.Errorf("%s changed (%d bytes, was %d)", filepath.Base(p), len(v), len(b))
-		}
-	}
-	for p := range before {
-		if _, ok := after[p]; !ok {
-			t.Errorf("%s disappeared", filepath.Base(p))
-		}
-	}
-}
 
 // foreignSQLite writes a valid SQLite file without the appliance's schema.
 func foreignSQLite(t *testing.T, path string) {
@@ -123,7 +89,7 @@ func TestNoDatabaseRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.prepare(t, path)
-			before := dirState(t, root)
+			before := testfs.Snapshot(t, nil, root)
 
 			if err := Existing(path); !c.nonEmpty && !errors.Is(err, ErrNoDatabase) {
 				t.Errorf("Existing = %v, want ErrNoDatabase", err)
@@ -136,7 +102,7 @@ func TestNoDatabaseRefused(t *testing.T) {
 			if !errors.Is(err, ErrNoDatabase) || !strings.Contains(err.Error(), path) {
 				t.Fatalf("OpenExisting = %v, want ErrNoDatabase naming %s", err, path)
 			}
-			sameState(t, before, dirState(t, root))
+			testfs.Unchanged(t, before, testfs.Snapshot(t, nil, root))
 			if _, err := os.Stat(filepath.Dir(path)); c.name == "missing with its directory" && err == nil {
 				t.Error("OpenExisting created the directory")
 			}
@@ -150,7 +116,7 @@ func TestNoDatabaseRefused(t *testing.T) {
 				if !errors.Is(err, ErrNoDatabase) {
 					t.Fatalf("Open = %v, want ErrNoDatabase", err)
 				}
-				sameState(t, before, dirState(t, root))
+				testfs.Unchanged(t, before, testfs.Snapshot(t, nil, root))
 				return
 			}
 			if err != nil {
@@ -192,12 +158,12 @@ func TestOpenRefusesAnotherApplicationsDatabase(t *testing.T) {
 	dir := t.TempDir()
 	foreign := filepath.Join(dir, "other.db")
 	foreignSQLite(t, foreign)
-	before := dirState(t, dir)
+	before := testfs.Snapshot(t, nil, dir)
 	_, err := Open(ctx, foreign, zaptest.NewLogger(t))
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), foreign) || !strings.Contains(err.Error(), "another application") {
 		t.Fatalf("Open on another application's database: %v; want ErrInvalid naming %s", err, foreign)
 	}
-	sameState(t, before, dirState(t, dir))
+	testfs.Unchanged(t, before, testfs.Snapshot(t, nil, dir))
 
 	begun := filepath.Join(dir, "begun.db")
 	begunSQLite(t, begun)

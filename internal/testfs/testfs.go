@@ -171,3 +171,43 @@ func (fs *Ext4) Repair() string {
 	fs.mount()
 	return string(out)
 }
+
+// Snapshot maps every regular file under dirs to its contents, leaving out
+// the files whose base name skip reports (nil: none), for a test to compare
+// what is on disk before and after an operation that must change nothing.
+func Snapshot(t testing.TB, skip func(name string) bool, dirs ...string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	for _, dir := range dirs {
+		err := filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || (skip != nil && skip(d.Name())) {
+				return err
+			}
+			raw, err := os.ReadFile(p)
+			out[p] = string(raw)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+// Unchanged reports, as test errors, every file created, changed or
+// removed between two Snapshots.
+func Unchanged(t testing.TB, before, after map[string]string) {
+	t.Helper()
+	for p, v := range after {
+		if b, ok := before[p]; !ok {
+			t.Errorf("%s was created", p)
+		} else if b != v {
+			t.Errorf("%s changed (%d bytes, was %d)", p, len(v), len(b))
+		}
+	}
+	for p := range before {
+		if _, ok := after[p]; !ok {
+			t.Errorf("%s was removed", p)
+		}
+	}
+}
