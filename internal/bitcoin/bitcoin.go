@@ -56,6 +56,11 @@ var (
 	// ErrSignature means the signatures handed to Finish are malformed, are
 	// not as many as the digests, or do not verify against the key.
 	ErrSignature = errors.New("invalid signature from signer")
+	// ErrSignatureInvalid is wrapped, with ErrSignature, when a signature
+	// handed to Finish is itself bad (not r||s, r or s out of range, or not
+	// verifying against the key): the signer misbehaved, as opposed to a
+	// miscount by the caller or a transaction the script engine refuses.
+	ErrSignatureInvalid = errors.New("the signature is malformed or does not verify against the key")
 )
 
 // Network names a Bitcoin network as the API spells it.

@@ -10,6 +10,8 @@ import (
 	"github.com/btcsuite/btcd/btcutil/psbt"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
+
+	"github.com/custodysigner/appliance/internal/secp"
 )
 
 // SignatureLen is the length of a signature as the HSM returns it: r || s,
@@ -25,18 +27,17 @@ const SignatureLen = 64
 //
 // High-S signatures are normalised rather than refused: for Bitcoin the
 // flip is harmless and required for relay. Every signature is verified
-// against the key before use, so a faulty signer cannot yield a PSBT that
-// looks signed but is not. Errors wrap ErrSignature (or ErrDecode if the
-// stored PSBT no longer parses, which would be a bug).
+// against the key before use (ErrSignatureInvalid when it does not), so a
+// faulty signer cannot yield a PSBT that looks signed but is not; callers
+// need not verify them first. A complete transaction is then judged by
+// btcd's script engine, which verifies each signature once more,
+// independently. Errors wrap ErrSignature (or ErrDecode if the stored PSBT
+// no longer parses, which would be a bug).
 //
 // Finish does not modify p and may be called again.
 func (p *Prepared) Finish(sigs [][]byte) (psbtBase64, rawTxHex, txid string, err error) {
 	if len(sigs) != len(p.Digests) {
 		return "", "", "", fmt.Errorf("%w: got %d signatures for %d digests", ErrSignature, len(sigs), len(p.Digests))
-	}
-	pub, err := btcec.ParsePubKey(p.pubKey)
-	if err != nil {
-		return "", "", "", fmt.Errorf("%w: %w", ErrPublicKeyInvalid, err)
 	}
 	pkt, err := parsePSBT(p.raw)
 	if err != nil {
@@ -47,7 +48,7 @@ func (p *Prepared) Finish(sigs [][]byte) (psbtBase64, rawTxHex, txid string, err
 		return "", "", "", fmt.Errorf("%w: %w", ErrDecode, err)
 	}
 	for k, d := range p.Digests {
-		der, err := derSignature(sigs[k], d.Hash[:], pub)
+		der, err := p.derSignature(sigs[k], d.Hash[:])
 		if err != nil {
 			return "", "", "", fmt.Errorf("signature %d (input %d): %w", k, d.Input, err)
 		}
@@ -91,31 +92,43 @@ func (p *Prepared) Finish(sigs [][]byte) (psbtBase64, rawTxHex, txid string, err
 }
 
 // derSignature turns the HSM's r||s into a strict-DER, low-S signature and
-// verifies it over digest.
-func derSignature(sig, digest []byte, pub *btcec.PublicKey) ([]byte, error) {
+// verifies it over digest against the key with internal/secp's single
+// double-scalar multiplication (through the key's prepared verifier when
+// Prepare was given one): a third of decred's Verify, or less.
+func (p *Prepared) derSignature(sig, digest []byte) ([]byte, error) {
 	if len(sig) != SignatureLen {
-		return nil, fmt.Errorf("%w: want %d bytes r||s, got %d", ErrSignature, SignatureLen, len(sig))
+		return nil, fmt.Errorf("%w: %w: want %d bytes r||s, got %d", ErrSignature, ErrSignatureInvalid, SignatureLen, len(sig))
 	}
 	var r, s btcec.ModNScalar
 	if r.SetByteSlice(sig[:32]) || r.IsZero() {
-		return nil, fmt.Errorf("%w: r is zero or not below the group order", ErrSignature)
+		return nil, fmt.Errorf("%w: %w: r is zero or not below the group order", ErrSignature, ErrSignatureInvalid)
 	}
 	if s.SetByteSlice(sig[32:]) || s.IsZero() {
-		return nil, fmt.Errorf("%w: s is zero or not below the group order", ErrSignature)
+		return nil, fmt.Errorf("%w: %w: s is zero or not below the group order", ErrSignature, ErrSignatureInvalid)
 	}
 	if s.IsOverHalfOrder() {
 		s.Negate()
 	}
-	es := ecdsa.NewSignature(&r, &s)
-	if !es.Verify(digest, pub) {
-		return nil, fmt.Errorf("%w: does not verify against the signing key", ErrSignature)
+	var low [SignatureLen]byte
+	r.PutBytesUnchecked(low[:32])
+	s.PutBytesUnchecked(low[32:])
+	var err error
+	if p.verifier != nil {
+		_, err = p.verifier.VerifyAndParity(digest, low[:])
+	} else {
+		_, err = secp.VerifyAndParity(p.pub65, digest, low[:])
 	}
-	return es.Serialize(), nil
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w: %w", ErrSignature, ErrSignatureInvalid, err)
+	}
+	return ecdsa.NewSignature(&r, &s).Serialize(), nil
 }
 
 // verify runs each of our inputs of the final transaction through btcd's
 // script engine with the standard (relay) rule set, so a transaction is
-// only ever returned in a form the network would accept from us.
+// only ever returned in a form the network would accept from us. It is the
+// independent judge: it computes each sighash itself and verifies each
+// signature again, with decred's code rather than internal/secp's.
 func (p *Prepared) verify(tx *wire.MsgTx) error {
 	fetcher := txscript.NewMultiPrevOutFetcher(nil)
 	for i, in := range tx.TxIn {

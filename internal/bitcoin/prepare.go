@@ -12,6 +12,8 @@ import (
 	"github.com/btcsuite/btcd/btcutil/psbt"
 	"github.com/btcsuite/btcd/txscript"
 	"github.com/btcsuite/btcd/wire"
+
+	"github.com/custodysigner/appliance/internal/secp"
 )
 
 // Options says who signs and what the policy lets them sign.
@@ -31,6 +33,10 @@ type Options struct {
 	// appliance's own keys, so the intent can mark it as change. May be nil;
 	// an output to this key's own P2WPKH script is change either way.
 	IsOwnScript func(script []byte) bool
+	// Verifier, when set, is a prepared verifier of PublicKey (faster for
+	// a key that signs often); Finish checks signatures with it. A verifier
+	// of another key is ignored.
+	Verifier *secp.Verifier
 }
 
 // Intent is what the transaction does, in the terms policy and approvers
@@ -91,7 +97,9 @@ type Prepared struct {
 	// raw is the PSBT as received; Finish parses it afresh so it can run
 	// more than once (retries, idempotent replays) without shared state.
 	raw        []byte
-	pubKey     []byte // compressed, as it goes into partial signatures and witnesses
+	pubKey     []byte         // compressed, as it goes into partial signatures and witnesses
+	pub65      []byte         // uncompressed, as Finish verifies against it
+	verifier   *secp.Verifier // of pub65, or nil
 	prevOuts   []*wire.TxOut
 	ours       []bool
 	foreignFin []bool // foreign inputs already finalised by someone else
@@ -134,10 +142,14 @@ func Prepare(psbtBase64 string, opts Options) (*Prepared, error) {
 	p := &Prepared{
 		raw:        raw,
 		pubKey:     pubKey,
+		pub65:      bytes.Clone(opts.PublicKey),
 		prevOuts:   make([]*wire.TxOut, len(tx.TxIn)),
 		ours:       make([]bool, len(tx.TxIn)),
 		foreignFin: make([]bool, len(tx.TxIn)),
 		Intent:     Intent{Kind: "transfer", Network: string(opts.Network)},
+	}
+	if opts.Verifier != nil && bytes.Equal(opts.Verifier.PublicKey(), opts.PublicKey) {
+		p.verifier = opts.Verifier
 	}
 	seen := make(map[wire.OutPoint]bool, len(tx.TxIn))
 	for i, txIn := range tx.TxIn {

@@ -2,6 +2,7 @@ package bitcoin
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -224,4 +225,27 @@ func deserialize(t *testing.T, rawHex string) *wire.MsgTx {
 		t.Fatal(err)
 	}
 	return tx
+}
+
+// TestFinishScriptEngineStillJudgesTheSighash: Finish verifies each
+// signature over our digest; btcd's script engine then computes the sighash
+// itself and verifies again. If our digest were wrong (a bug in the sighash
+// computation), a signature valid over it must still be refused.
+func TestFinishScriptEngineStillJudgesTheSighash(t *testing.T) {
+	h := newFakeHSM("ours")
+	pkt, _ := twoInputPSBT(t, h)
+	p, err := Prepare(encodePSBT(t, pkt), Options{Network: Mainnet, PublicKey: h.pub65()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := *p
+	wrong.Digests = slices.Clone(p.Digests)
+	wrong.Digests[1].Hash[0] ^= 1 // what a broken BIP-143 computation would give
+	_, raw, _, err := wrong.Finish(h.signAll(&wrong))
+	if !errors.Is(err, ErrSignature) || !strings.Contains(err.Error(), "script verification") {
+		t.Fatalf("a signature over a wrong sighash: raw %q, %v; want the script engine's refusal", raw, err)
+	}
+	if _, raw, _, err := p.Finish(h.signAll(p)); err != nil || raw == "" {
+		t.Fatalf("the right digests: %q %v", raw, err)
+	}
 }

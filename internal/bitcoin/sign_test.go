@@ -63,7 +63,7 @@ func TestBIP143NativeP2WPKH(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := derSignature(rs[:], d.Hash[:], key)
+	der, err := (&Prepared{pub65: key.SerializeUncompressed()}).derSignature(rs[:], d.Hash[:])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,7 +25,8 @@ func prepareBitcoin(key *Key, req Request, isOwn func([]byte) bool) (*prepared, 
 		return nil, apierr.New(http.StatusUnprocessableEntity, apierr.CodeWrongNetwork,
 			"key %q signs for bitcoin %s, the request names %s", key.ID, key.Network, req.Network)
 	}
-	bp, err := bitcoin.Prepare(req.Payload, bitcoin.Options{Network: bitcoin.Network(key.Network), PublicKey: key.PublicKey, IsOwnScript: isOwn})
+	bp, err := bitcoin.Prepare(req.Payload, bitcoin.Options{Network: bitcoin.Network(key.Network), PublicKey: key.PublicKey, IsOwnScript: isOwn,
+		Verifier: verifiers.get(key.PublicKey)})
 	if err != nil {
 		return nil, bitcoinError(err)
 	}
@@ -100,8 +101,12 @@ type bitcoinSigner struct {
 	p *bitcoin.Prepared
 }
 
-// sign signs every input of ours in the HSM, verifies each signature against
-// the pinned key, and lets the PSBT finisher assemble the answer.
+// sign signs every input of ours in the HSM and lets the PSBT finisher
+// assemble the answer. Finish verifies each signature against the pinned
+// key (the one Prepare was given, through the key's verifier table when it
+// has one) before it goes into the PSBT: that is the appliance's one check,
+// as for Ethereum; btcd's script engine then judges the transaction,
+// verifying again with independent code.
 func (bs *bitcoinSigner) sign(ctx context.Context, h Signer, key *Key) (store.Completion, error) {
 	sigs := make([][]byte, 0, len(bs.p.Digests))
 	for _, d := range bs.p.Digests {
@@ -109,12 +114,12 @@ func (bs *bitcoinSigner) sign(ctx context.Context, h Signer, key *Key) (store.Co
 		if err != nil {
 			return store.Completion{}, err
 		}
-		if _, err := verifyAndParity(key.PublicKey, d.Hash[:], sig); err != nil {
-			return store.Completion{}, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "the HSM's signature did not verify against the pinned key")
-		}
 		sigs = append(sigs, sig)
 	}
 	psbt, rawHex, txid, err := bs.p.Finish(sigs)
+	if errors.Is(err, bitcoin.ErrSignatureInvalid) {
+		return store.Completion{}, apierr.Wrap(err, http.StatusServiceUnavailable, apierr.CodeHSMUnavailable, "the HSM's signature did not verify against the pinned key")
+	}
 	if err != nil {
 		return store.Completion{}, apierr.Internal(fmt.Errorf("finish PSBT: %w", err))
 	}
