@@ -14,7 +14,6 @@ import (
 
 	"github.com/custodysigner/appliance/internal/access"
 	"github.com/custodysigner/appliance/internal/config"
-	"github.com/custodysigner/appliance/internal/devpki"
 	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/signing"
 	"github.com/custodysigner/appliance/internal/store"
@@ -44,14 +43,7 @@ func (pendingSigner) Approvals(context.Context, string) (int, []string, error) {
 // requested the pending request.
 func longPollServer(t *testing.T, bounds config.HTTP) (string, *http.Client) {
 	t.Helper()
-	ca, err := devpki.NewCA("Clients CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := NewTLS(tlsFiles(t, ca))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, tc := clientsTLS(t)
 	keys, err := signing.LoadKeyring(context.Background(), keyList{})
 	if err != nil {
 		t.Fatal(err)

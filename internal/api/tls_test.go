@@ -71,14 +71,7 @@ func mustCRL(t *testing.T, ca *devpki.CA, this, next time.Time, revoked ...*big.
 // tickets (so no resumption and nothing for 0-RTT), client certificates
 // required and verified.
 func TestTLSConfigHardening(t *testing.T) {
-	ca, err := devpki.NewCA("Clients CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc, err := NewTLS(tlsFiles(t, ca))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tc := clientsTLS(t)
 	c := tc.Config()
 	if c.MinVersion != tls.VersionTLS13 || c.MaxVersion != tls.VersionTLS13 || c.ClientAuth != tls.RequireAndVerifyClientCert ||
 		!c.SessionTicketsDisabled || len(c.NextProtos) != 1 || c.NextProtos[0] != "http/1.1" || c.VerifyConnection == nil {
@@ -242,4 +235,18 @@ func TestVerifyConnection(t *testing.T) {
 	if err := withCRL.verifyConnection(state(good, ca.Cert)); err == nil || !strings.Contains(err.Error(), "expired at") {
 		t.Fatalf("stale CRL: %v", err)
 	}
+}
+
+// clientsTLS is the API's TLS for a new dev "Clients CA", and the CA.
+func clientsTLS(t *testing.T) (*devpki.CA, *TLS) {
+	t.Helper()
+	ca, err := devpki.NewCA("Clients CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc, err := NewTLS(tlsFiles(t, ca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, tc
 }

@@ -7,16 +7,11 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/btcsuite/btcd/btcutil"
-	"github.com/btcsuite/btcd/chaincfg"
-	"github.com/btcsuite/btcd/chaincfg/chainhash"
-	"github.com/btcsuite/btcd/txscript"
-	"github.com/btcsuite/btcd/wire"
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/miekg/pkcs11"
 
 	"github.com/custodysigner/appliance/hsm"
-	"github.com/custodysigner/appliance/internal/bitcoin"
+	"github.com/custodysigner/appliance/internal/bitcoin/bitcointest"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -54,29 +49,13 @@ func TestCorruptedHSMSignaturesAreRefused(t *testing.T) {
 	e.start()
 	c := e.client("client")
 
-	// A PSBT spending a made-up previous transaction that pays the key.
+	// A PSBT spending a made-up coin of the key.
 	k := e.must(c, "GET", "/v1/keys/btc-dev", nil)
 	pub, err := hex.DecodeString(k.json(t)["public_key"].(string))
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, err := bitcoin.P2WPKHAddress(pub, bitcoin.Regtest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	decoded, err := btcutil.DecodeAddress(addr, &chaincfg.RegressionNetParams)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ourScript, err := txscript.PayToAddrScript(decoded)
-	if err != nil {
-		t.Fatal(err)
-	}
-	prev := wire.NewMsgTx(2)
-	prev.AddTxIn(wire.NewTxIn(&wire.OutPoint{Hash: chainhash.Hash{7}, Index: 0}, nil, nil))
-	prev.AddTxOut(wire.NewTxOut(100_000, ourScript))
-	payee := append([]byte{txscript.OP_0, 20}, make([]byte, 20)...)
-	psbtPayload := b64PSBT(t, btcPSBT(t, []btcSpend{{prev, 0}}, []*wire.TxOut{wire.NewTxOut(50_000, payee), wire.NewTxOut(49_000, ourScript)}))
+	psbtPayload := bitcointest.SpendPSBT(t, pub, []byte("corrupt"))
 
 	to := common.HexToAddress("0x00000000000000000000000000000000000000b1")
 	signed := 0
