@@ -234,11 +234,17 @@ func (s *Server) getRequest(c echo.Context) error {
 	// may see the request.
 	s.allowWait(c, wait)
 	deadline := time.Now().Add(wait)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+poll:
 	for wait > 0 && (r.State == store.StatePendingApproval || r.State == store.StateSigning) && time.Now().Before(deadline) && s.mayRead(c, r) {
 		select {
 		case <-c.Request().Context().Done():
 			return c.Request().Context().Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-s.draining:
+			// Shutting down: answer with the state read last, now.
+			break poll
+		case <-tick.C:
 		}
 		if r, err = s.deps.Signer.Get(c.Request().Context(), id); err != nil {
 			return err

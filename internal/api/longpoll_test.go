@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -39,9 +40,10 @@ func (pendingSigner) Approvals(context.Context, string) (int, []string, error) {
 }
 
 // longPollServer runs the real server over mutual TLS on a loopback port
-// with the given bounds, and returns its URL and a client whose principal
-// requested the pending request.
-func longPollServer(t *testing.T, bounds config.HTTP) (string, *http.Client) {
+// with the given bounds, and returns its URL, a client whose principal
+// requested the pending request, and the server (stopped at cleanup, if the
+// test has not stopped it).
+func longPollServer(t *testing.T, bounds config.HTTP) (string, *http.Client, *Server) {
 	t.Helper()
 	ca, tc := clientsTLS(t)
 	keys, err := signing.LoadKeyring(context.Background(), keyList{})
@@ -87,7 +89,7 @@ func longPollServer(t *testing.T, bounds config.HTTP) (string, *http.Client) {
 	}
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{cert}}}
 	t.Cleanup(tr.CloseIdleConnections)
-	return "https://" + ln.Addr().String(), &http.Client{Transport: tr, Timeout: 20 * time.Second}
+	return "https://" + ln.Addr().String(), &http.Client{Transport: tr, Timeout: 20 * time.Second}, srv
 }
 
 // TestLongPollOutlivesWriteTimeout: GET /v1/requests/{id}?wait= longer
@@ -96,24 +98,10 @@ func longPollServer(t *testing.T, bounds config.HTTP) (string, *http.Client) {
 // connection then serves the next request.
 func TestLongPollOutlivesWriteTimeout(t *testing.T) {
 	const wait = 2 * time.Second
-	base, client := longPollServer(t, config.HTTP{ReadTimeout: config.Duration(time.Second), WriteTimeout: config.Duration(time.Second)})
+	base, client, _ := longPollServer(t, config.HTTP{ReadTimeout: config.Duration(time.Second), WriteTimeout: config.Duration(time.Second)})
 	get := func(query string) (int, RequestBody, time.Duration) {
 		t.Helper()
-		start := time.Now()
-		resp, err := client.Get(base + "/v1/requests/req_pending" + query)
-		if err != nil {
-			t.Fatalf("GET %s: %v after %v", query, err, time.Since(start).Round(time.Millisecond))
-		}
-		defer resp.Body.Close()
-		raw, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatalf("GET %s: reading the answer: %v after %v", query, err, time.Since(start).Round(time.Millisecond))
-		}
-		var b RequestBody
-		if err := json.Unmarshal(raw, &b); err != nil {
-			t.Fatalf("GET %s: %d %q: %v", query, resp.StatusCode, raw, err)
-		}
-		return resp.StatusCode, b, time.Since(start)
+		return getPending(t, client, base, query)
 	}
 	status, b, took := get("?wait=" + wait.String())
 	if status != http.StatusOK || b.ID != "req_pending" || b.State != store.StatePendingApproval || b.ApprovalsRequired != 2 {
@@ -124,5 +112,78 @@ func TestLongPollOutlivesWriteTimeout(t *testing.T) {
 	}
 	if status, b, _ := get(""); status != http.StatusOK || b.State != store.StatePendingApproval {
 		t.Fatalf("next request: %d %+v", status, b)
+	}
+}
+
+// getPending GETs the pending request with query and decodes the answer.
+func getPending(t *testing.T, client *http.Client, base, query string) (int, RequestBody, time.Duration) {
+	t.Helper()
+	status, b, took, err := fetchPending(client, base, query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return status, b, took
+}
+
+// fetchPending is getPending for a goroutine other than the test's.
+func fetchPending(client *http.Client, base, query string) (int, RequestBody, time.Duration, error) {
+	start := time.Now()
+	resp, err := client.Get(base + "/v1/requests/req_pending" + query)
+	if err != nil {
+		return 0, RequestBody{}, 0, fmt.Errorf("GET %s: %w after %v", query, err, time.Since(start).Round(time.Millisecond))
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, RequestBody{}, 0, fmt.Errorf("GET %s: reading the answer: %w after %v", query, err, time.Since(start).Round(time.Millisecond))
+	}
+	var b RequestBody
+	if err := json.Unmarshal(raw, &b); err != nil {
+		return 0, RequestBody{}, 0, fmt.Errorf("GET %s: %d %q: %w", query, resp.StatusCode, raw, err)
+	}
+	return resp.StatusCode, b, time.Since(start), nil
+}
+
+// TestLongPollAnsweredAtShutdown: a stop answers a waiting long poll at
+// once, 200 with the request as it stands, and the shutdown then finishes
+// well inside its bound. Before, the shutdown waited for the poll's whole
+// wait and, with a wait longer than its timeout, closed the connection
+// under it unanswered.
+func TestLongPollAnsweredAtShutdown(t *testing.T) {
+	base, client, srv := longPollServer(t, config.HTTP{})
+	type answer struct {
+		status int
+		body   RequestBody
+		took   time.Duration
+		err    error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		s, b, took, err := fetchPending(client, base, "?wait=60s")
+		got <- answer{s, b, took, err}
+	}()
+	// The poll is waiting once the server counts it in flight.
+	for deadline := time.Now().Add(10 * time.Second); srv.inflight.n.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the long poll never reached the server")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with a long poll waiting: %v after %v", err, time.Since(start).Round(time.Millisecond))
+	}
+	stopped := time.Since(start)
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	if a.status != http.StatusOK || a.body.ID != "req_pending" || a.body.State != store.StatePendingApproval {
+		t.Fatalf("long poll at shutdown: %d %+v", a.status, a.body)
+	}
+	// The poll would otherwise wait 60 s and the shutdown's bound is 15 s.
+	if stopped > 5*time.Second || a.took > 10*time.Second {
+		t.Fatalf("shutdown took %v and the poll %v: the wait was not ended", stopped, a.took)
 	}
 }

@@ -111,6 +111,12 @@ type Server struct {
 
 	rate     *rateLimiter // nil: http.rate_per_principal is off
 	inflight inFlight
+
+	// draining is closed when Shutdown begins: long polls answer with the
+	// request as it is then, instead of holding the shutdown up to their
+	// full wait (and being cut off at its timeout, unanswered).
+	draining  chan struct{}
+	drainOnce sync.Once
 }
 
 // New builds the server and its routes.
@@ -124,7 +130,7 @@ func New(d Deps) (*Server, error) {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
 	e.HTTPErrorHandler = errorHandler(d.Log, d.OnDenied)
-	s := &Server{deps: d, e: e}
+	s := &Server{deps: d, e: e, draining: make(chan struct{})}
 	if d.HTTP.RatePerPrincipal > 0 {
 		s.rate = newRateLimiter(d.HTTP.RatePerPrincipal, d.HTTP.RateBurst, maxRateBuckets)
 	}
@@ -204,8 +210,13 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting and waits for in-flight requests until ctx ends.
-func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
+// Shutdown stops accepting, ends the waits of long polls (each answers
+// with its request's state at that moment) and waits for in-flight
+// requests until ctx ends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.drainOnce.Do(func() { close(s.draining) })
+	return s.http.Shutdown(ctx)
+}
 
 // Handler exposes the routes (for tests that bring their own transport).
 func (s *Server) Handler() http.Handler { return s.e }
