@@ -76,6 +76,22 @@ func cacheKey(ref KeyRef) string { return string(ref.Algorithm) + "\x00" + strin
 // Module and context in the process shares the one library.
 var objectsMu sync.RWMutex
 
+// CountPrivateKeys counts the private keys stored on the token (CKA_TOKEN
+// true), whatever their type or label: signing keys, the audit key, keys of
+// another application. Init uses it to refuse a token that is not new.
+func (m *Module) CountPrivateKeys(ctx context.Context) (int, error) {
+	var n int
+	err := m.do(ctx, "count private keys", func(s *session) error {
+		objs, err := m.findEvery(s, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		})
+		n = len(objs)
+		return err
+	})
+	return n, err
+}
+
 // findOne returns the single object matching tmpl, ErrKeyNotFound if there is
 // none and ErrKeyAmbiguous if there are several.
 func (m *Module) findOne(s *session, tmpl []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {

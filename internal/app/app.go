@@ -266,8 +266,9 @@ func InitAppliance(ctx context.Context, cfg *config.Config, log *zap.Logger, soP
 }
 
 // checkTokenUnused refuses an existing token that holds the objects of an
-// initialised appliance, for the auto-unseal init of a new database. A
-// token that does not exist yet is for Init to create.
+// initialised appliance (an audit head, the backup wrapping key, any private
+// key), for the auto-unseal init of a new database. A token that does not
+// exist yet is for Init to create.
 func checkTokenUnused(ctx context.Context, cfg *config.Config, log *zap.Logger, noDB error) error {
 	m, err := OpenHSM(ctx, cfg, log, nil)
 	if errors.Is(err, hsm.ErrTokenNotFound) {
@@ -295,6 +296,15 @@ func checkTokenUnused(ctx context.Context, cfg *config.Config, log *zap.Logger, 
 	}
 	if wrap {
 		holds = append(holds, "the backup wrapping key")
+	}
+	// Keys made before the first checkpoint (or by another application)
+	// would otherwise be orphaned beside an empty registry.
+	keys, err := m.CountPrivateKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("look for private keys on the token: %w", err)
+	}
+	if keys > 0 {
+		holds = append(holds, fmt.Sprintf("%d private key(s)", keys))
 	}
 	if len(holds) == 0 {
 		return nil

@@ -190,3 +190,31 @@ func TestInitRefusesUsedToken(t *testing.T) {
 	}
 	testfs.Unchanged(t, snap, diskState(t, softhsmtest.TokenDir()))
 }
+
+// TestInitRefusesTokenWithKeysOnly: a token with a key made before the
+// first start (so no audit head yet, and no backup wrapping key) is not new
+// either. Before, init accepted it and left the key orphaned beside an
+// empty registry.
+func TestInitRefusesTokenWithKeysOnly(t *testing.T) {
+	ctx := context.Background()
+	e, pin := newBareEnv(t, "")
+	cfg, dir, path := e.cfg, e.dir, e.cfg.Store.Path
+	if err := InitAppliance(ctx, cfg, e.log, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CreateKey(ctx, cfg, e.log, KeySpec{ID: "eth-dev", Chain: "ethereum", Network: "1337"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	snap := diskState(t, dir, softhsmtest.TokenDir())
+	err := InitAppliance(ctx, cfg, e.log, nil, nil)
+	refusedNoDatabase(t, "init beside a token with a key", err, path, string(pin))
+	if !strings.Contains(err.Error(), "1 private key(s)") || strings.Contains(err.Error(), "audit head") {
+		t.Fatalf("init: %v; want the one private key named, and no audit head", err)
+	}
+	testfs.Unchanged(t, snap, diskState(t, dir, softhsmtest.TokenDir()))
+}
