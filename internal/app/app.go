@@ -530,19 +530,26 @@ func (a *App) Close() {
 // systemd it is still going (and extends the start timeout).
 const integrityProgressEvery = 10 * time.Second
 
-// checkAtStart runs the database's quick_check, which reads every page: on a
-// large database (from about 1 s per GB in the page cache to over 30 s per GB
-// from disk on the development machines) it keeps
-// systemd's start timeout extended while it runs. A check that was
-// interrupted (the appliance was told to stop) says so: it found nothing
-// wrong, and restoring a backup would be the wrong advice.
+// checkAtStart runs the database's quick_check, which reads every page,
+// after reading the file sequentially into the page cache when it fits
+// (store.WarmCache: the check's own reads are random, about 16 s per GB from
+// disk on the development machines, against about 2 s per GB for both). On a
+// large database it keeps systemd's start timeout extended while it runs.
+// A check that was interrupted (the appliance was told to stop) says so: it
+// found nothing wrong, and restoring a backup would be the wrong advice.
 func (a *App) checkAtStart(ctx context.Context, path string) error {
 	size := int64(-1)
 	if fi, err := os.Stat(path); err == nil {
 		size = fi.Size()
 	}
 	a.notifier.Status("checking database integrity")
+	var warmed store.Warmed
 	took, err := a.notifier.During("checking database integrity", integrityProgressEvery, func() error {
+		// A sequential read first: quick_check's own reads are random.
+		var err error
+		if warmed, err = store.WarmCache(ctx, path, store.CacheBudget()); err != nil {
+			return err
+		}
 		return a.store.QuickCheck(ctx)
 	})
 	switch {
@@ -551,7 +558,11 @@ func (a *App) checkAtStart(ctx context.Context, path string) error {
 	case err != nil:
 		return fmt.Errorf("database %s failed its integrity check; restore it from a backup: %w", path, err)
 	}
-	a.log.Info("database integrity checked", zap.String("path", path), zap.Int64("bytes", size),
-		zap.Duration("took", took))
+	fields := []zap.Field{zap.String("path", path), zap.Int64("bytes", size), zap.Duration("took", took),
+		zap.Int64("warmed_bytes", warmed.Bytes), zap.Duration("warm_took", warmed.Took)}
+	if warmed.Skipped != "" {
+		fields = append(fields, zap.String("warm_skipped", warmed.Skipped))
+	}
+	a.log.Info("database integrity checked", fields...)
 	return nil
 }

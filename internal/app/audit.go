@@ -305,6 +305,11 @@ func CheckIntegrity(ctx context.Context, path string, full bool) (*IntegrityRepo
 	if full {
 		rep.Check = "integrity_check"
 	}
+	// As at start: one sequential read, then the check's random ones hit
+	// the page cache.
+	if _, err := store.WarmCache(ctx, path, store.CacheBudget()); err != nil {
+		return rep, err
+	}
 	if err := f.Pragma(ctx, rep.Check); err != nil {
 		return rep, err
 	}
