@@ -61,6 +61,8 @@ type App struct {
 	// (zero while it passes): within hsm.unavailable_grace of it health is
 	// degraded, after it down.
 	hsmDownSince atomic.Pointer[time.Time]
+	// lock is held from the store's opening to Close (lock.go).
+	lock *serveLock
 	// interpose wraps the PKCS#11 library of the modules Unseal opens
 	// (tests inject faults through it); nil in production.
 	interpose func(hsm.Cryptoki) hsm.Cryptoki
@@ -96,6 +98,11 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 			return nil, fmt.Errorf("refusing to start: %w", noDatabase(err))
 		}
 		return nil, fmt.Errorf("open store: %w", err)
+	}
+	// One serving appliance per database: a second would keep its own
+	// freeze state, so an officer's freeze would not stop it.
+	if a.lock, err = lockDatabase(cfg.Store.Path); err != nil {
+		return nil, err
 	}
 	// Integrity at start: a damaged database is refused with a clear report,
 	// never served (and never unsealed).
@@ -521,6 +528,7 @@ func (a *App) Close() {
 	if a.store != nil {
 		errs = append(errs, a.store.Close())
 	}
+	errs = append(errs, a.lock.release())
 	if err := errors.Join(errs...); err != nil {
 		a.log.Warn("closing", zap.Error(err))
 	}
