@@ -142,6 +142,9 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	a.trip = seal.NewTripwire(a.seal, seal.TripwireOptions{RecordFailures: cfg.Freeze.AfterRecordFailures,
 		Denials: cfg.Freeze.AfterDenials, DenialWindow: cfg.Freeze.DenialWindow.D()}, log.Named("tripwire"))
 	svc.ObserveRecords(a.trip)
+	// Principals take turns for the HSM's sessions: one client's flood
+	// queues behind another's lone request, not in front of it.
+	svc.FairHSM(cfg.HSM.PoolSize, cfg.HSM.AcquireTimeout.D())
 	rules, err := policy.New(log.Named("policy"))
 	if err != nil {
 		return nil, err

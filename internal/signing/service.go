@@ -111,6 +111,8 @@ type Service struct {
 	// rejectionsToEnd is how many officers' rejections end a pending request.
 	rejectionsToEnd int
 	now             func() time.Time
+	// turns orders the principals' signatures into the HSM (FairHSM); nil: off.
+	turns *fairGate
 }
 
 // New returns a Service. Every dependency is required; h returns the HSM
@@ -284,7 +286,8 @@ func (s *Service) replay(ctx context.Context, h Signer, rec store.Request, key *
 }
 
 func (s *Service) sign(ctx context.Context, h Signer, rec store.Request, key *Key, prep *prepared) (*Result, error) {
-	done, err := prep.signer.sign(ctx, h, key)
+	// Charged to the requester, also when an officer's approval triggers it.
+	done, err := prep.signer.sign(ctx, s.fair(h, rec.Principal), key)
 	if err != nil {
 		ae := apierr.From(err)
 		if ctx.Err() != nil {
