@@ -40,6 +40,7 @@ type App struct {
 	started  time.Time
 	store    *store.Store
 	keys     *signing.Keyring
+	signer   *signing.Service
 	access   *access.Registry
 	seal     *seal.Manager
 	trip     *seal.Tripwire
@@ -145,6 +146,7 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 	// Principals take turns for the HSM's sessions: one client's flood
 	// queues behind another's lone request, not in front of it.
 	svc.FairHSM(cfg.HSM.PoolSize, cfg.HSM.AcquireTimeout.D())
+	a.signer = svc
 	rules, err := policy.New(log.Named("policy"))
 	if err != nil {
 		return nil, err

@@ -129,6 +129,19 @@ func TestFairHSMLoneRequestNotStarved(t *testing.T) {
 			t.Fatalf("A answered %d requests in 60s", aDone.Load())
 		}
 	}
+	// The flood waits for turns, in front of the pool, and status shows
+	// it (the pool's own waiters stay near zero).
+	var turns, principals float64
+	for range 10 {
+		hs, _ := e.must(e.client("operator"), http.MethodGet, "/v1/status", nil).json(t)["hsm"].(map[string]any)
+		if w, _ := hs["turn_waiters"].(float64); w > turns {
+			turns, principals = w, hs["turn_principals"].(float64)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if turns < flood/2 || principals != 1 {
+		t.Fatalf("status during A's flood: at most %v signatures waiting for a turn, from %v principals; want at least %d, from 1", turns, principals, flood/2)
+	}
 	overtaken := make([]int64, lone)
 	var bLatency []time.Duration
 	for i := range lone {

@@ -112,6 +112,7 @@ func (a *App) metricsSnapshot(ctx context.Context) metrics.Snapshot {
 		h = m.Health()
 		s.HSMHealthy, s.HSMPoolSize, s.HSMInUse, s.HSMWaiters = h.Healthy, h.PoolSize, h.InUse, h.Waiters
 	}
+	s.HSMTurnWaiters, s.HSMTurnPrincipals = a.signer.HSMTurnWaits()
 	s.HSMRebuilds, s.HSMRebuildFailures = a.obs.rebuilds.update(m, h)
 	fail := func(part string, err error) {
 		s.Failed = append(s.Failed, part)

@@ -203,6 +203,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 		t.Errorf("HSM pool: size %v healthy %v", m.value(t, "appliance_hsm_pool_size", ""), m.value(t, "appliance_hsm_healthy", ""))
 	}
 	for _, name := range []string{"appliance_hsm_sessions_in_use", "appliance_hsm_session_waiters", "appliance_hsm_rebuilds_total",
+		"appliance_hsm_turn_waiters", "appliance_hsm_turn_principals",
 		"appliance_hsm_errors_total", "appliance_db_size_bytes", "appliance_disk_free_bytes", "appliance_audit_uncheckpointed_age_seconds",
 		"appliance_build_info", "process_resident_memory_bytes", "go_goroutines"} {
 		if _, ok := m[name]; !ok {

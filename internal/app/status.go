@@ -85,7 +85,13 @@ type HSMStatus struct {
 	Sessions int    `json:"sessions"`
 	InUse    int    `json:"in_use"`
 	Waiters  int    `json:"waiters"`
-	Rebuilds uint64 `json:"rebuilds"`
+	// TurnWaiters are sign requests' signatures waiting for their
+	// principal's turn for the HSM (signing.Service.HSMTurnWaits), from
+	// TurnPrincipals principals: under load they queue there, in front of
+	// the pool, so Waiters stays near zero.
+	TurnWaiters    int    `json:"turn_waiters"`
+	TurnPrincipals int    `json:"turn_principals"`
+	Rebuilds       uint64 `json:"rebuilds"`
 	// UnavailableSince is when the HSM probe started failing, while it
 	// fails (see hsm.unavailable_grace).
 	UnavailableSince *time.Time `json:"unavailable_since,omitempty"`
@@ -106,6 +112,7 @@ func (a *App) status(ctx context.Context) any {
 		KeysRefused: []KeyRefusal{}, Lists: map[string]any{},
 		HSM: HSMStatus{Healthy: h.Healthy, Reason: h.Reason, Sessions: h.PoolSize, InUse: h.InUse, Waiters: h.Waiters, Rebuilds: h.Rebuilds},
 	}
+	b.HSM.TurnWaiters, b.HSM.TurnPrincipals = a.signer.HSMTurnWaits()
 	if since := a.hsmDownSince.Load(); since != nil && m != nil {
 		t := since.UTC()
 		b.HSM.UnavailableSince = &t

@@ -26,6 +26,8 @@ type Snapshot struct {
 	HSMPoolSize        int
 	HSMInUse           int
 	HSMWaiters         int
+	HSMTurnWaiters     int    // signatures waiting for their principal's turn (in front of the pool)
+	HSMTurnPrincipals  int    // principals with signatures waiting for a turn
 	HSMRebuilds        uint64 // since the process started, across unseals
 	HSMRebuildFailures uint64
 
@@ -68,6 +70,7 @@ type collector struct {
 	timeout time.Duration
 
 	sealed, frozen, hsmHealthy, poolSize, inUse, waiters                desc
+	turnWaiters, turnPrincipals                                         desc
 	rebuilds, rebuildFailures, hsmErrors                                desc
 	pending, auditLen, cpSeq, cpAge, uncpAge, dbBytes, diskFree, diskSz desc
 	p99, errRatio, windowN, crlNext                                     desc
@@ -83,6 +86,8 @@ func (m *Metrics) Collect(src Source, timeout time.Duration) {
 		poolSize:        gauge("hsm_pool_size", "HSM sessions in the pool (0 while sealed)."),
 		inUse:           gauge("hsm_sessions_in_use", "HSM sessions currently borrowed."),
 		waiters:         gauge("hsm_session_waiters", "Callers waiting for an HSM session."),
+		turnWaiters:     gauge("hsm_turn_waiters", "Sign requests' signatures waiting for their principal's turn for the HSM (in front of the session pool)."),
+		turnPrincipals:  gauge("hsm_turn_principals", "Principals with signatures waiting for a turn for the HSM."),
 		rebuilds:        counter("hsm_rebuilds_total", "Successful rebuilds of the HSM session pool (reconnects) since the process started."),
 		rebuildFailures: counter("hsm_rebuild_failures_total", "Failed HSM reconnect attempts since the process started."),
 		hsmErrors:       counter("hsm_errors_total", "HSM errors: requests answered hsm_unavailable plus pool rebuilds and failed rebuild attempts."),
@@ -104,7 +109,7 @@ func (m *Metrics) Collect(src Source, timeout time.Duration) {
 }
 
 func (c *collector) all() []desc {
-	return []desc{c.sealed, c.frozen, c.hsmHealthy, c.poolSize, c.inUse, c.waiters, c.rebuilds, c.rebuildFailures, c.hsmErrors,
+	return []desc{c.sealed, c.frozen, c.hsmHealthy, c.poolSize, c.inUse, c.waiters, c.turnWaiters, c.turnPrincipals, c.rebuilds, c.rebuildFailures, c.hsmErrors,
 		c.pending, c.auditLen, c.cpSeq, c.cpAge, c.uncpAge, c.dbBytes, c.diskFree, c.diskSz, c.p99, c.errRatio, c.windowN, c.crlNext}
 }
 
@@ -133,6 +138,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit(c.poolSize, Some(s.HSMPoolSize))
 	emit(c.inUse, Some(s.HSMInUse))
 	emit(c.waiters, Some(s.HSMWaiters))
+	emit(c.turnWaiters, Some(s.HSMTurnWaiters))
+	emit(c.turnPrincipals, Some(s.HSMTurnPrincipals))
 	emit(c.rebuilds, Some(s.HSMRebuilds))
 	emit(c.rebuildFailures, Some(s.HSMRebuildFailures))
 	emit(c.hsmErrors, Some(c.m.HSMUnavailable()+s.HSMRebuilds+s.HSMRebuildFailures))

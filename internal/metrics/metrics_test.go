@@ -158,7 +158,7 @@ func TestScrapeTimeCollector(t *testing.T) {
 			t.Error("the source got no deadline")
 		}
 		return Snapshot{Sealed: false, Frozen: true, HSMHealthy: true, HSMPoolSize: 4, HSMInUse: 1, HSMWaiters: 2,
-			HSMRebuilds: 3, HSMRebuildFailures: 1,
+			HSMTurnWaiters: 6, HSMTurnPrincipals: 2, HSMRebuilds: 3, HSMRebuildFailures: 1,
 			PendingApprovals: Some(5), AuditLength: Some(int64(42)), CheckpointSeq: Some(int64(40)),
 			DBBytes: Some(int64(1 << 20)), SignP99: Some(0.25),
 			Failed: []string{"disk"}} // disk left out; checkpoint age absent
@@ -171,6 +171,7 @@ func TestScrapeTimeCollector(t *testing.T) {
 	for name, want := range map[string]float64{
 		"appliance_sealed": 0, "appliance_frozen": 1, "appliance_hsm_healthy": 1, "appliance_hsm_pool_size": 4,
 		"appliance_hsm_sessions_in_use": 1, "appliance_hsm_session_waiters": 2, "appliance_hsm_rebuilds_total": 3,
+		"appliance_hsm_turn_waiters": 6, "appliance_hsm_turn_principals": 2,
 		"appliance_hsm_rebuild_failures_total": 1, "appliance_hsm_errors_total": 5, // 1 answer + 3 rebuilds + 1 failure
 		"appliance_pending_approvals": 5, "appliance_audit_chain_length": 42, "appliance_audit_checkpoint_seq": 40,
 		"appliance_db_size_bytes": 1 << 20, "appliance_sign_latency_p99_seconds": 0.25,

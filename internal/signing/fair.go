@@ -39,6 +39,7 @@ type fairGate struct {
 	seq     uint64           // arrival order, for equal tags
 	flows   map[string]*flow // principals waiting, or whose tags run ahead of vt
 	waiting []*flow          // the flows with waiters, in no particular order
+	nqueued int              // waiters in all flows
 	spare   *waiter          // recycled waiters
 	sweepAt int              // len(flows) at which idle flows are swept
 	release func()           // g.releaseOne, bound once: returning it allocates nothing
@@ -186,6 +187,7 @@ func (g *fairGate) sweep() {
 
 // enqueue appends w to its flow, which starts waiting if it was idle.
 func (g *fairGate) enqueue(w *waiter) {
+	g.nqueued++
 	f := w.flow
 	if f.tail == nil {
 		f.head, f.tail = w, w
@@ -209,6 +211,7 @@ func (g *fairGate) dequeue(w *waiter) {
 // unlink takes w out of its flow, and the flow out of the waiting set if
 // nothing is left in it.
 func (g *fairGate) unlink(w *waiter) {
+	g.nqueued--
 	f := w.flow
 	if w.prev != nil {
 		w.prev.next = w.next
@@ -250,6 +253,14 @@ func (g *fairGate) recycle(w *waiter) {
 	w.next, g.spare = g.spare, w
 }
 
+// waits returns how many signatures wait for a turn, and for how many
+// principals.
+func (g *fairGate) waits() (signatures, principals int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.nqueued, len(g.waiting)
+}
+
 // fairSigner takes a turn of the fair gate for each HSM signature, in the
 // name of the principal whose request it is.
 //
@@ -286,6 +297,16 @@ func (s *Service) FairHSM(n int, maxWait time.Duration) {
 	if n > 0 {
 		s.turns = newFairGate(n, maxWait)
 	}
+}
+
+// HSMTurnWaits says how many signatures wait for their principal's turn
+// for the HSM, and for how many principals: with the gate on they wait
+// there, not for a session (hsm.Health's Waiters). Zeros with it off.
+func (s *Service) HSMTurnWaits() (signatures, principals int) {
+	if s.turns == nil {
+		return 0, 0
+	}
+	return s.turns.waits()
 }
 
 // fair returns h as a principal's signatures see it: behind the fair gate,

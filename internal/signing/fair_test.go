@@ -25,6 +25,9 @@ func (g *fairGate) queued() int {
 			n++
 		}
 	}
+	if n != g.nqueued {
+		panic(fmt.Sprintf("fair gate: %d waiters linked, %d counted", n, g.nqueued))
+	}
 	return n
 }
 
@@ -116,6 +119,13 @@ func TestFairGateOrder(t *testing.T) {
 			case gr := <-got:
 				t.Fatalf("%s was granted a slot while all were held", gr.label)
 			case <-time.After(10 * time.Millisecond):
+			}
+			principals := map[byte]bool{}
+			for _, label := range tc.queue {
+				principals[label[0]] = true
+			}
+			if sig, pr := g.waits(); sig != len(tc.queue) || pr != len(principals) {
+				t.Fatalf("waits() = %d signatures, %d principals; want %d, %d", sig, pr, len(tc.queue), len(principals))
 			}
 			held[0]()
 			var order []string
