@@ -243,6 +243,11 @@ func RequireDatabase(cfg *config.Config) error {
 // an installation.
 func InitAppliance(ctx context.Context, cfg *config.Config, log *zap.Logger, soPIN []byte, spec *CeremonySpec) (err error) {
 	path := cfg.Store.Path
+	lk, err := lockOffline(path, "init")
+	if err != nil {
+		return err
+	}
+	defer lk.release()
 	noDB := store.Existing(path)
 	if !errors.Is(noDB, ErrNoDatabase) {
 		// An installation (or not a file at all): init opens it as it is.

@@ -240,6 +240,11 @@ func SetPolicyLocal(ctx context.Context, cfg *config.Config, log *zap.Logger, ke
 	if err != nil {
 		return 0, err
 	}
+	lk, err := lockOffline(cfg.Store.Path, "policy set")
+	if err != nil {
+		return 0, err
+	}
+	defer lk.release()
 	st, err := store.Open(ctx, cfg.Store.Path, log.Named("store"))
 	if err != nil {
 		return 0, err

@@ -84,6 +84,11 @@ func CreateKey(ctx context.Context, cfg *config.Config, log *zap.Logger, spec Ke
 	if err := spec.check(); err != nil {
 		return store.Key{}, err
 	}
+	lk, err := lockOffline(cfg.Store.Path, "keys create")
+	if err != nil {
+		return store.Key{}, err
+	}
+	defer lk.release()
 	st, err := store.Open(ctx, cfg.Store.Path, log.Named("store"))
 	if err != nil {
 		return store.Key{}, err

@@ -34,6 +34,11 @@ type ReshareSpec struct {
 // the token. Backups stay restorable with the new shares (their keys do not
 // depend on the ceremony).
 func Reshare(ctx context.Context, cfg *config.Config, log *zap.Logger, shareFiles []string, spec ReshareSpec) error {
+	lk, err := lockOffline(cfg.Store.Path, "reshare")
+	if err != nil {
+		return err
+	}
+	defer lk.release()
 	st, err := store.OpenExisting(ctx, cfg.Store.Path, log.Named("store"))
 	if errors.Is(err, ErrNoDatabase) {
 		return noDatabase(err)

@@ -80,6 +80,11 @@ func Restore(ctx context.Context, cfg *config.Config, log *zap.Logger, archive s
 // fresh token (host and token modes).
 func RestoreWith(ctx context.Context, cfg *config.Config, log *zap.Logger, mode RestoreMode, archive string, shareTexts []string, soPIN []byte) (*RestoreReport, error) {
 	rep := &RestoreReport{Archive: archive, Mode: mode}
+	lk, err := lockOffline(cfg.Store.Path, "restore")
+	if err != nil {
+		return nil, err
+	}
+	defer lk.release()
 	_, statErr := os.Stat(cfg.Store.Path)
 	switch mode {
 	case RestoreHostLost, RestoreDatabase:
