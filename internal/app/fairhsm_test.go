@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/big"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/config"
-	"github.com/custodysigner/appliance/internal/devpki"
 )
 
 // slowSign is the token's library with every C_Sign taking delay longer:
@@ -41,15 +39,7 @@ func newFairEnv(t *testing.T, acquireTimeout time.Duration) (*env, *http.Client,
 	t.Helper()
 	e := newEnvWith(t, "audit: {checkpoint_interval: 1h, checkpoint_every: 1000000}\nhealth: {checkpoint_age_max: -1s}\n")
 	e.cfg.HSM.PoolSize, e.cfg.HSM.AcquireTimeout = 1, config.Duration(acquireTimeout)
-	ca, err := devpki.LoadCA(filepath.Join(e.dir, "pki"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := ca.ClientCert("client2", testPrincipalPrefix+"client2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Principals = append(e.cfg.Principals, config.Principal{Name: testPrincipalPrefix + "client2", Roles: []string{"client"}, Keys: []string{"eth-dev"}})
+	cert := e.addClient2()
 	delay := new(atomic.Int64)
 	e.interpose = func(c hsm.Cryptoki) hsm.Cryptoki { return slowSign{Cryptoki: c, delay: delay} }
 	tc := e.tlsConfig()

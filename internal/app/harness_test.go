@@ -276,3 +276,19 @@ func (e *env) must(c *http.Client, method, path string, body any) answer {
 	}
 	return a
 }
+
+// addClient2 registers a second upstream client, client2, granted eth-dev
+// (before start), and returns its certificate, of the same CA.
+func (e *env) addClient2() tls.Certificate {
+	e.t.Helper()
+	ca, err := devpki.LoadCA(filepath.Join(e.dir, "pki"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cert, err := ca.ClientCert("client2", testPrincipalPrefix+"client2")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.cfg.Principals = append(e.cfg.Principals, config.Principal{Name: testPrincipalPrefix + "client2", Roles: []string{"client"}, Keys: []string{"eth-dev"}})
+	return cert
+}

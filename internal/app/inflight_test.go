@@ -19,7 +19,6 @@ import (
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/api"
 	"github.com/custodysigner/appliance/internal/config"
-	"github.com/custodysigner/appliance/internal/devpki"
 )
 
 // panicOnSignInit is the token's library with one planted bug: while armed,
@@ -62,16 +61,7 @@ func TestPerPrincipalInFlightLimit(t *testing.T) {
 	if e.cfg, err = config.Load(cfgPath); err != nil {
 		t.Fatal(err)
 	}
-	// A second upstream client, with a certificate of the same CA.
-	ca, err := devpki.LoadCA(filepath.Join(e.dir, "pki"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := ca.ClientCert("client2", testPrincipalPrefix+"client2")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.cfg.Principals = append(e.cfg.Principals, config.Principal{Name: testPrincipalPrefix + "client2", Roles: []string{"client"}, Keys: []string{"eth-dev"}})
+	other := e.addClient2()
 	var armed atomic.Bool
 	e.interpose = func(c hsm.Cryptoki) hsm.Cryptoki { return panicOnSignInit{Cryptoki: c, armed: &armed} }
 	e.start()
