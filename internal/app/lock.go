@@ -56,10 +56,13 @@ func takeLock(path string, create bool, refused, advice string) (*serveLock, err
 	if create {
 		flags |= os.O_CREATE
 	}
-	f, err := os.OpenFile(name, flags, 0o600)
+	// Empty, and only opened for reading: 0644 lets the service's user lock
+	// a file that a command run as root created (the database's directory
+	// keeps everyone else out).
+	f, err := os.OpenFile(name, flags, 0o644)
 	if errors.Is(err, os.ErrNotExist) && !create {
 		// The database without a lock file: create it after all.
-		f, err = os.OpenFile(name, os.O_RDONLY|os.O_CREATE, 0o600)
+		f, err = os.OpenFile(name, os.O_RDONLY|os.O_CREATE, 0o644)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", name, err)
