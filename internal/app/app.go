@@ -477,6 +477,7 @@ func (a *App) ServeListeners(ctx context.Context, ln, metricsLn net.Listener) er
 	defer stopWatchdog()
 	go a.notifier.Monitor(wctx, a.checker, health.DefaultMonitorInterval)
 	go a.audit.run(wctx)
+	go a.maintain(wctx)
 	// SIGHUP reloads what can change safely (log level, thresholds, list
 	// files) and says what needs a restart.
 	hup := make(chan os.Signal, 1)

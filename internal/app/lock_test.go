@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"maps"
@@ -17,16 +16,7 @@ import (
 // running appliance.
 func startsRecorded(t *testing.T, path string) int {
 	t.Helper()
-	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM events WHERE kind = 'start'`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return countRows(t, path, `SELECT count(*) FROM events WHERE kind = 'start'`)
 }
 
 // TestSecondApplianceOnOneDatabaseRefused: while one appliance serves a

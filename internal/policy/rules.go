@@ -61,10 +61,15 @@ type Rate struct {
 	Burst     int     `json:"burst"`
 }
 
+// MaxWindow is the longest rolling window any rules may set. Usage recorded
+// longer ago than that can never count again, whatever rules come later:
+// Prune may delete it.
+const MaxWindow = 400 * 24 * time.Hour
+
 // Bounds that keep validation and evaluation cheap on hostile rules.
 const (
 	maxAmountDigits = 78 // 2^256 has 78 decimal digits
-	maxWindow       = 400 * 24 * time.Hour
+	maxWindow       = MaxWindow
 	maxApprovals    = 100
 	maxBurst        = 1_000_000
 	maxListLen      = 1000
