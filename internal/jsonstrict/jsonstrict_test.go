@@ -115,7 +115,7 @@ func zooExample() zoo {
 	return zoo{ZooEmbedded: ZooEmbedded{E1: "x"}, ZooPtr: &ZooPtr{P1: "x"}, zooTie1: zooTie1{Own: "x"}, zooTie2: zooTie2{Own: "x"},
 		zooViaA: zooViaA{A: "x"}, zooViaB: zooViaB{B: "x"},
 		ZooTagged: ZooTagged{T1: "x"}, Omit: &s, Inner: *in, PtrInner: &in, List: []zooInner{*in}, PtrList: []*zooInner{in},
-		Map: map[string]zooInner{"*": *in}, Any: jsonstricttest.FreeMark, Raw: json.RawMessage(`"` + jsonstricttest.OpaqueMark + `"`),
+		Array: [2]zooInner{*in, *in}, Map: map[string]zooInner{"*": *in}, Any: jsonstricttest.FreeMark, Raw: json.RawMessage(`"` + jsonstricttest.OpaqueMark + `"`),
 		Nested: map[string][]zooDeep{"*": {{Inner: in}}}}
 }
 
