@@ -45,6 +45,7 @@ type Config struct {
 	Screening  Screening   `yaml:"screening"`
 	Audit      Audit       `yaml:"audit"`
 	Backup     Backup      `yaml:"backup"`
+	Retention  Retention   `yaml:"retention"`
 	Metrics    Metrics     `yaml:"metrics"`
 	Health     Health      `yaml:"health"`
 	Principals []Principal `yaml:"principals"`
@@ -147,6 +148,38 @@ type Health struct {
 // quorum's backup key, so the directory may be synced to untrusted storage.
 type Backup struct {
 	Dir string `yaml:"dir"`
+}
+
+// Retention bounds how long finished requests and audit entries stay in
+// the database. Both are off (zero: kept forever) unless set; the serving
+// appliance applies them hourly, in short batches, each audited.
+type Retention struct {
+	// Requests: a request that reached a final state (signed, failed,
+	// denied, rejected, expired) longer ago than this is deleted, with its
+	// approvals and rejections. Its audit entries stay. It is also how long
+	// an idempotency key is remembered: after it, the same key is a new
+	// request. At least 24h when set.
+	Requests Duration `yaml:"requests"`
+	// Audit: entries older than this are first written to an archive file
+	// in ArchiveDir (up to a signed checkpoint), recorded by an
+	// audit_archived entry, then deleted. At least 24h when set.
+	Audit Duration `yaml:"audit"`
+	// ArchiveDir receives the audit archives; default "audit-archive"
+	// beside the database.
+	ArchiveDir string `yaml:"archive_dir"`
+}
+
+// MinRetention is the shortest retention.requests or retention.audit
+// accepted.
+const MinRetention = 24 * time.Hour
+
+// AuditArchiveDir is retention.archive_dir, or "audit-archive" beside the
+// database.
+func (c *Config) AuditArchiveDir() string {
+	if c.Retention.ArchiveDir != "" {
+		return c.Retention.ArchiveDir
+	}
+	return filepath.Join(filepath.Dir(c.Store.Path), "audit-archive")
 }
 
 // Audit configures the audit chain's checkpoints: the audit key in the HSM
@@ -547,6 +580,9 @@ func (c *Config) validate() error {
 	if c.Audit.CheckpointEvery < 0 || c.Audit.CheckpointInterval < 0 || c.Audit.AuthFailuresPerMinute < 0 {
 		bad("audit: checkpoint_every, checkpoint_interval and auth_failures_per_minute must not be negative")
 	}
+	if r := c.Retention; r.Requests < 0 || r.Audit < 0 || (r.Requests > 0 && r.Requests.D() < MinRetention) || (r.Audit > 0 && r.Audit.D() < MinRetention) {
+		bad("retention: requests and audit are 0 (kept forever) or at least %s", MinRetention)
+	}
 	if len(c.Seal.DevUnsealShares) > 0 && c.Mode != ModeDev {
 		bad("seal.dev_unseal_shares is only allowed in mode dev")
 	}
@@ -596,7 +632,7 @@ func (c *Config) resolvePaths(dir string) {
 		abs := "unix:" + filepath.Join(dir, strings.TrimPrefix(*l, "unix:"))
 		c.Metrics.Listen = &abs
 	}
-	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf, &c.Backup.Dir} {
+	for _, p := range []*string{&c.TLS.Cert, &c.TLS.Key, &c.TLS.ClientCA, &c.TLS.CRL, &c.Store.Path, &c.HSM.SoftHSM2Conf, &c.Backup.Dir, &c.Retention.ArchiveDir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
