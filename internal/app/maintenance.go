@@ -30,20 +30,58 @@ const (
 // rows deleted.
 func (a *App) pruneUsage(ctx context.Context, now time.Time) (int64, error) {
 	cutoff := now.Add(-usageRetention)
+	n, err := a.pruneBatches(ctx, func(ctx context.Context, tx *store.Tx) (int64, error) {
+		return policy.Prune(ctx, tx, cutoff, pruneBatch)
+	}, func(n int64) audit.Record {
+		return audit.Record{Kind: "usage_pruned",
+			Detail: "policy usage older than every possible window deleted",
+			Fields: map[string]string{"rows": fmt.Sprint(n), "recorded_before": cutoff.UTC().Format(time.RFC3339)}}
+	})
+	if err != nil {
+		return n, fmt.Errorf("prune policy usage: %w", err)
+	}
+	return n, nil
+}
+
+// pruneRequests deletes the requests that finished before now −
+// retention.requests (nothing when it is 0), in batches, each its own
+// transaction with an audit entry. It returns the requests deleted.
+func (a *App) pruneRequests(ctx context.Context, now time.Time) (int64, error) {
+	keep := a.cfg.Retention.Requests.D()
+	if keep <= 0 {
+		return 0, nil
+	}
+	cutoff := now.Add(-keep)
+	n, err := a.pruneBatches(ctx, func(ctx context.Context, tx *store.Tx) (int64, error) {
+		return store.PruneRequestsTx(ctx, tx, cutoff, pruneBatch)
+	}, func(n int64) audit.Record {
+		return audit.Record{Kind: "requests_pruned",
+			Detail: "requests finished longer ago than retention.requests deleted (their idempotency keys are forgotten)",
+			Fields: map[string]string{"rows": fmt.Sprint(n), "finished_before": cutoff.UTC().Format(time.RFC3339),
+				"retention": keep.String()}}
+	})
+	if err != nil {
+		return n, fmt.Errorf("prune requests: %w", err)
+	}
+	return n, nil
+}
+
+// pruneBatches runs del until it deletes fewer than pruneBatch rows, each
+// call in its own write transaction together with the audit entry rec
+// makes for it (none when it deleted nothing). It returns the rows deleted.
+func (a *App) pruneBatches(ctx context.Context, del func(context.Context, *store.Tx) (int64, error), rec func(int64) audit.Record) (int64, error) {
 	var total int64
 	for {
 		var n int64
 		err := a.store.WriteTx(ctx, func(tx *store.Tx) error {
 			var err error
-			if n, err = policy.Prune(ctx, tx, cutoff, pruneBatch); err != nil || n == 0 {
+			if n, err = del(ctx, tx); err != nil || n == 0 {
 				return err
 			}
-			return a.store.Audit(ctx, tx, audit.Record{Kind: "usage_pruned",
-				Detail: "policy usage older than every possible window deleted",
-				Fields: map[string]string{"rows": fmt.Sprint(n), "recorded_before": cutoff.UTC().Format(time.RFC3339)}})
+			return a.store.Audit(ctx, tx, rec(n))
 		})
 		if err != nil {
-			return total, fmt.Errorf("prune policy usage: %w", err)
+			return total, err
 		}
 		total += n
 		if n < pruneBatch {
@@ -58,8 +96,9 @@ func (a *App) pruneUsage(ctx context.Context, now time.Time) (int64, error) {
 	}
 }
 
-// maintain prunes policy usage a minute after the start, then every
-// pruneEvery, until ctx ends.
+// maintain prunes policy usage and, when retention.requests is set, old
+// finished requests, a minute after the start and then every pruneEvery,
+// until ctx ends.
 func (a *App) maintain(ctx context.Context) {
 	t := time.NewTimer(time.Minute)
 	defer t.Stop()
@@ -69,13 +108,29 @@ func (a *App) maintain(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n, err := a.pruneUsage(ctx, time.Now())
+		a.maintainOnce(ctx, time.Now())
+		t.Reset(pruneEvery)
+	}
+}
+
+// maintainOnce is one pass of maintain; each step's failure is logged and
+// does not stop the others.
+func (a *App) maintainOnce(ctx context.Context, now time.Time) {
+	steps := []struct {
+		what string
+		run  func(context.Context, time.Time) (int64, error)
+		keep time.Duration
+	}{
+		{"policy usage", a.pruneUsage, usageRetention},
+		{"finished requests", a.pruneRequests, a.cfg.Retention.Requests.D()},
+	}
+	for _, st := range steps {
+		n, err := st.run(ctx, now)
 		switch {
 		case err != nil && !errors.Is(err, context.Canceled):
-			a.log.Error("pruning policy usage", zap.Error(err))
+			a.log.Error("pruning "+st.what, zap.Error(err))
 		case n > 0:
-			a.log.Info("policy usage pruned", zap.Int64("rows", n), zap.Duration("retention", usageRetention))
+			a.log.Info(st.what+" pruned", zap.Int64("rows", n), zap.Duration("retention", st.keep))
 		}
-		t.Reset(pruneEvery)
 	}
 }

@@ -67,3 +67,67 @@ func TestPruneUsageKeepsEveryPossibleWindow(t *testing.T) {
 		t.Fatalf("sign after the prune: %d %s", a.status, a.body)
 	}
 }
+
+// TestPruneRequestsByRetention: with retention.requests set, requests that
+// finished longer ago are deleted in an audited transaction (their own
+// audit entries stay); the answer for a pruned id is 404, and its
+// idempotency key signs anew. Without the setting nothing is deleted.
+func TestPruneRequestsByRetention(t *testing.T) {
+	e := newEnvWith(t, "retention: {requests: 48h}\n")
+	e.start()
+	c := e.client("client")
+	to := common.HexToAddress("0x00000000000000000000000000000000000000e1")
+	var ids []string
+	for i := range 3 {
+		a := e.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, uint64(i), to, big.NewInt(1)), fmt.Sprint("r-", i)))
+		if a.status != 200 {
+			t.Fatalf("sign %d: %d %s", i, a.status, a.body)
+		}
+		ids = append(ids, a.json(t)["request_id"].(string))
+	}
+	path := e.cfg.Store.Path
+	const requests, pruned = `SELECT count(*) FROM requests`, `SELECT count(*) FROM events WHERE kind = 'requests_pruned'`
+	signedEntries := countRows(t, path, `SELECT count(*) FROM events WHERE kind = 'request_signed'`)
+	ctx := context.Background()
+	// Two days less a minute on: kept.
+	if n, err := e.app.pruneRequests(ctx, time.Now().Add(47*time.Hour)); err != nil || n != 0 {
+		t.Fatalf("prune inside the retention: %d, %v", n, err)
+	}
+	if countRows(t, path, requests) != 3 || countRows(t, path, pruned) != 0 {
+		t.Fatal("a request inside the retention was pruned, or an empty prune was audited")
+	}
+	// Past it: all three go, in one audited batch.
+	e.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	if countRows(t, path, requests) != 0 || countRows(t, path, pruned) != 1 {
+		t.Fatalf("after the prune: %d requests, %d requests_pruned entries", countRows(t, path, requests), countRows(t, path, pruned))
+	}
+	if n := countRows(t, path, `SELECT count(*) FROM events WHERE kind = 'request_signed'`); n != signedEntries {
+		t.Fatalf("%d request_signed entries after the prune, %d before", n, signedEntries)
+	}
+	if a := e.must(c, "GET", "/v1/requests/"+ids[0], nil); a.status != 404 {
+		t.Fatalf("a pruned request: %d %s", a.status, a.body)
+	}
+	// The key is forgotten: the same request signs again, under a new id.
+	a := e.must(c, "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 0, to, big.NewInt(1)), "r-0"))
+	if a.status != 200 || a.json(t)["request_id"] == ids[0] {
+		t.Fatalf("the pruned request's key: %d %s", a.status, a.body)
+	}
+	if _, err := CheckIntegrity(ctx, path, false); err != nil {
+		t.Fatalf("database and audit chain after the prune: %v", err)
+	}
+}
+
+// TestPruneRequestsOffByDefault: without retention.requests, maintenance
+// keeps every request however old.
+func TestPruneRequestsOffByDefault(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	to := common.HexToAddress("0x00000000000000000000000000000000000000e1")
+	if a := e.must(e.client("client"), "POST", "/v1/sign", signBody(unsignedEIP1559(t, 1337, 0, to, big.NewInt(1)), "k-0")); a.status != 200 {
+		t.Fatalf("sign: %d %s", a.status, a.body)
+	}
+	e.app.maintainOnce(context.Background(), time.Now().Add(10*365*24*time.Hour))
+	if n := countRows(t, e.cfg.Store.Path, `SELECT count(*) FROM requests`); n != 1 {
+		t.Fatalf("%d requests after maintenance with no retention", n)
+	}
+}
