@@ -114,21 +114,25 @@ func (a *App) maintain(ctx context.Context) {
 }
 
 // maintainOnce is one pass of maintain; each step's failure is logged and
-// does not stop the others.
+// counted, and does not stop the others.
 func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 	steps := []struct {
-		what string
-		run  func(context.Context, time.Time) (int64, error)
-		keep time.Duration
+		what, metric string
+		run          func(context.Context, time.Time) (int64, error)
+		keep         time.Duration
 	}{
-		{"policy usage", a.pruneUsage, usageRetention},
-		{"finished requests", a.pruneRequests, a.cfg.Retention.Requests.D()},
+		{"policy usage", "policy_usage", a.pruneUsage, usageRetention},
+		{"finished requests", "requests", a.pruneRequests, a.cfg.Retention.Requests.D()},
 	}
 	for _, st := range steps {
 		n, err := st.run(ctx, now)
+		if errors.Is(err, context.Canceled) {
+			return
+		}
+		a.obs.metrics.ObserveRetention(st.metric, n, err, time.Now())
 		switch {
-		case err != nil && !errors.Is(err, context.Canceled):
-			a.log.Error("pruning "+st.what, zap.Error(err))
+		case err != nil:
+			a.log.Error("pruning "+st.what, zap.Error(err), zap.Int64("rows", n))
 		case n > 0:
 			a.log.Info(st.what+" pruned", zap.Int64("rows", n), zap.Duration("retention", st.keep))
 		}

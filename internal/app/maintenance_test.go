@@ -101,6 +101,12 @@ func TestPruneRequestsByRetention(t *testing.T) {
 	if countRows(t, path, requests) != 0 || countRows(t, path, pruned) != 1 {
 		t.Fatalf("after the prune: %d requests, %d requests_pruned entries", countRows(t, path, requests), countRows(t, path, pruned))
 	}
+	if v := retentionMetric(t, e.app, "appliance_retention_deleted_total", "requests"); v != 3 {
+		t.Fatalf("retention_deleted_total{what=requests} = %v, want 3", v)
+	}
+	if v := retentionMetric(t, e.app, "appliance_retention_last_success_timestamp_seconds", "requests"); v < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Fatalf("retention_last_success_timestamp_seconds{what=requests} = %v", v)
+	}
 	if n := countRows(t, path, `SELECT count(*) FROM events WHERE kind = 'request_signed'`); n != signedEntries {
 		t.Fatalf("%d request_signed entries after the prune, %d before", n, signedEntries)
 	}
@@ -130,4 +136,30 @@ func TestPruneRequestsOffByDefault(t *testing.T) {
 	if n := countRows(t, e.cfg.Store.Path, `SELECT count(*) FROM requests`); n != 1 {
 		t.Fatalf("%d requests after maintenance with no retention", n)
 	}
+}
+
+// retentionMetric reads one retention metric of the running appliance by
+// its "what" label (-1 when absent).
+func retentionMetric(t *testing.T, a *App, name, what string) float64 {
+	t.Helper()
+	fams, err := a.obs.metrics.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "what" && l.GetValue() == what {
+					if c := m.GetCounter(); c != nil {
+						return c.GetValue()
+					}
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
 }

@@ -51,7 +51,14 @@ type Metrics struct {
 	alerts         *prometheus.GaugeVec
 	scrapeErrors   *prometheus.CounterVec // exposed by the scrape-time collector, after its readings
 	hsmUnavailable atomic.Uint64
+
+	retentionDeleted *prometheus.CounterVec
+	retentionErrors  *prometheus.CounterVec
+	retentionLastOK  *prometheus.GaugeVec
 }
+
+// Retention steps, the "what" label of the retention metrics.
+var RetentionSteps = []string{"policy_usage", "requests", "audit_entries"}
 
 // New returns the metrics of one appliance.
 func New(version, mode string) *Metrics {
@@ -77,6 +84,22 @@ func New(version, mode string) *Metrics {
 		Namespace: Namespace, Name: "scrape_errors_total",
 		Help: "Scrape-time readings that failed or timed out (their metrics are left out of that scrape).",
 	}, []string{"part"})
+	m.retentionDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "retention_deleted_total",
+		Help: "Rows deleted by retention since the process started: policy usage older than every window, finished requests past retention.requests, audit entries archived past retention.audit.",
+	}, []string{"what"})
+	m.retentionErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: Namespace, Name: "retention_errors_total",
+		Help: "Retention passes that failed (the log says why; the next pass, an hour later, tries again).",
+	}, []string{"what"})
+	m.retentionLastOK = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "retention_last_success_timestamp_seconds",
+		Help: "Unix time of the last retention pass that completed without error (absent before the first).",
+	}, []string{"what"})
+	for _, w := range RetentionSteps {
+		m.retentionDeleted.WithLabelValues(w)
+		m.retentionErrors.WithLabelValues(w)
+	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: Namespace, Name: "build_info",
 		Help:        "Always 1; the version and mode of the running appliance.",
@@ -87,9 +110,23 @@ func New(version, mode string) *Metrics {
 		m.rateLimitHits.WithLabelValues(code)
 	}
 	m.reg.MustRegister(m.signDuration, m.requests, m.rateLimitHits, m.alerts, info,
+		m.retentionDeleted, m.retentionErrors, m.retentionLastOK,
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		collectors.NewGoCollector())
 	return m
+}
+
+// ObserveRetention records one pass of a retention step (one of
+// RetentionSteps): the rows it deleted, and whether it completed.
+func (m *Metrics) ObserveRetention(what string, deleted int64, err error, at time.Time) {
+	if deleted > 0 {
+		m.retentionDeleted.WithLabelValues(what).Add(float64(deleted))
+	}
+	if err != nil {
+		m.retentionErrors.WithLabelValues(what).Inc()
+		return
+	}
+	m.retentionLastOK.WithLabelValues(what).Set(float64(at.UnixNano()) / 1e9)
 }
 
 // Registry is where the metrics live (for tests and extra collectors).

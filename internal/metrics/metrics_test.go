@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -265,5 +266,38 @@ func TestListenUnixSocket(t *testing.T) {
 	}
 	if _, err := os.Stat(file); err != nil {
 		t.Fatal("the regular file is gone")
+	}
+}
+
+func TestRetentionMetrics(t *testing.T) {
+	m := New("1.2.3", "prod")
+	fams, _ := scrape(t, m)
+	for _, w := range RetentionSteps {
+		if v := value(t, fams, "appliance_retention_deleted_total", "what="+w); v != 0 {
+			t.Errorf("deleted{%s} = %v before any pass", w, v)
+		}
+	}
+	if _, ok := fams["appliance_retention_last_success_timestamp_seconds"]; ok {
+		t.Error("a last-success time before any pass")
+	}
+	at := time.Unix(1_800_000_000, 500_000_000)
+	m.ObserveRetention("requests", 5000, nil, at)
+	m.ObserveRetention("requests", 12, nil, at.Add(time.Hour))
+	m.ObserveRetention("audit_entries", 300, errors.New("archive dir not writable"), at)
+	fams, _ = scrape(t, m)
+	if v := value(t, fams, "appliance_retention_deleted_total", "what=requests"); v != 5012 {
+		t.Errorf("requests deleted %v, want 5012", v)
+	}
+	if v := value(t, fams, "appliance_retention_deleted_total", "what=audit_entries"); v != 300 {
+		t.Errorf("audit entries deleted %v, want 300 (deleted before the pass failed)", v)
+	}
+	if v := value(t, fams, "appliance_retention_errors_total", "what=audit_entries"); v != 1 {
+		t.Errorf("audit errors %v", v)
+	}
+	if v := value(t, fams, "appliance_retention_last_success_timestamp_seconds", "what=requests"); v != 1_800_003_600.5 {
+		t.Errorf("requests last success %v", v)
+	}
+	if _, ok := fams["appliance_retention_last_success_timestamp_seconds"].samples["what=audit_entries"]; ok {
+		t.Error("a failed pass set the last success time")
 	}
 }
