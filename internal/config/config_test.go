@@ -47,6 +47,9 @@ func TestStrictParsing(t *testing.T) {
 		{"empty", "", "empty"},
 		{"duplicate key", minimal + "hsm: {uri: x}\n", "already defined"},
 		{"bad log level", minimal + "log: {level: loud}\n", "log.level"},
+		{"request retention under a day", minimal + "retention: {requests: 23h}\n", "retention"},
+		{"audit retention under a day", minimal + "retention: {audit: 1h}\n", "retention"},
+		{"negative retention", minimal + "retention: {requests: -48h}\n", "retention"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -94,5 +97,25 @@ func TestRedactedMasksPinValue(t *testing.T) {
 	}
 	if strings.Contains(string(out), "123456") || !strings.Contains(string(out), "REDACTED") {
 		t.Fatalf("redacted config:\n%s", out)
+	}
+}
+
+func TestRetentionDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Retention.Requests != 0 || c.Retention.Audit != 0 {
+		t.Fatalf("retention on by default: %+v", c.Retention)
+	}
+	if want := filepath.Join(filepath.Dir(c.Store.Path), "audit-archive"); c.AuditArchiveDir() != want {
+		t.Fatalf("archive dir %q, want %q", c.AuditArchiveDir(), want)
+	}
+	c, err = Parse([]byte(minimal + "retention: {requests: 24h, audit: 2160h, archive_dir: /srv/archive}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Retention.Requests.D() != 24*time.Hour || c.Retention.Audit.D() != 90*24*time.Hour || c.AuditArchiveDir() != "/srv/archive" {
+		t.Fatalf("retention %+v, archive dir %q", c.Retention, c.AuditArchiveDir())
 	}
 }
