@@ -69,6 +69,7 @@ func auditCmd(args []string, out io.Writer) error {
 			return err
 		}
 		var r audit.Report
+		before := "are archived: their audit_archived entry is in the chain; verify the archive files that hold them with --export"
 		if *export != "" {
 			f, err := os.Open(*export)
 			if err != nil {
@@ -79,6 +80,7 @@ func auditCmd(args []string, out io.Writer) error {
 			if err != nil {
 				return verifyFailure(err)
 			}
+			before = "are not in this export: verify the archive or export that holds them"
 		} else {
 			f, err := store.OpenAuditFile(ctx, *db)
 			if err != nil {
@@ -92,8 +94,11 @@ func auditCmd(args []string, out io.Writer) error {
 		}
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		fmt.Fprintf(out, "audit chain OK: %d entries, head %d, %d checkpoints (last at entry %d), %d entries after it\n",
-			r.Entries, r.HeadSeq, r.Checkpoints, r.LastCheckpointSeq, r.Unprotected)
+		fmt.Fprintf(out, "audit chain OK: %d entries, first %d, head %d, %d checkpoints (last at entry %d), %d entries after it\n",
+			r.Entries, r.FirstSeq, r.HeadSeq, r.Checkpoints, r.LastCheckpointSeq, r.Unprotected)
+		if r.FirstSeq > 1 {
+			fmt.Fprintf(out, "entries 1 to %d %s\n", r.FirstSeq-1, before)
+		}
 		return enc.Encode(r)
 	case "export":
 		if *db == "" {
@@ -155,6 +160,11 @@ func auditCmd(args []string, out io.Writer) error {
 }
 
 func verifyFailure(err error) error {
+	// An anchor the chain cannot check is the auditor's to fix, not tampering.
+	var ae *audit.AnchorError
+	if errors.As(err, &ae) {
+		return usageError{"--anchor: " + ae.Error()}
+	}
 	if errors.Is(err, audit.ErrTampered) {
 		return tamperedError{fmt.Errorf("AUDIT VERIFICATION FAILED: %w", err)}
 	}
@@ -183,8 +193,8 @@ func parseAnchors(list []string) (map[int64][]byte, error) {
 		s, h, ok := strings.Cut(a, ":")
 		seq, err1 := strconv.ParseInt(s, 10, 64)
 		hash, err2 := hex.DecodeString(h)
-		if !ok || err1 != nil || err2 != nil || len(hash) != audit.HashSize {
-			return nil, usageError{fmt.Sprintf("--anchor %q: want SEQ:HASH (64 hex digits)", a)}
+		if !ok || err1 != nil || err2 != nil || seq < 1 || len(hash) != audit.HashSize {
+			return nil, usageError{fmt.Sprintf("--anchor %q: want SEQ:HASH (SEQ from 1, HASH 64 hex digits)", a)}
 		}
 		out[seq] = hash
 	}
@@ -204,7 +214,7 @@ func checkCmd(args []string, out io.Writer) error {
 	if err != nil {
 		return verifyFailure(err)
 	}
-	fmt.Fprintf(out, "database %s: %s ok; audit chain consistent (%d entries, last checkpoint at %d)\n",
-		rep.Database, rep.Check, rep.Audit.Entries, rep.Audit.LastCheckpointSeq)
+	fmt.Fprintf(out, "database %s: %s ok; audit chain consistent (%d entries from %d, last checkpoint at %d)\n",
+		rep.Database, rep.Check, rep.Audit.Entries, rep.Audit.FirstSeq, rep.Audit.LastCheckpointSeq)
 	return printJSON(out, rep)
 }

@@ -149,6 +149,18 @@ func (a *App) checkAuditHead(ctx context.Context, m *hsm.Module) error {
 		return &seal.IntegrityError{Report: fmt.Sprintf("the token's audit head (entry %d) is not signed by a registered audit key", cp.Seq)}
 	}
 	h, err := a.store.AuditEntryHash(ctx, cp.Seq)
+	tailFrom, tailPrev := cp.Seq, cp.Hash
+	if errors.Is(err, store.ErrNotFound) {
+		// The token's head may have been archived: writing checkpoints to
+		// the token failed for longer than retention.audit while they went
+		// on in the database. Then the database's signed checkpoint of that
+		// entry stands in for it, and the tail runs from the first entry
+		// held (whose predecessor is archived too).
+		var first int64
+		if h, first, err = a.store.ArchivedCheckpoint(ctx, cp.Seq); err == nil {
+			tailFrom, tailPrev = first-1, nil
+		}
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		head, _, _ := a.store.AuditHead(ctx)
 		return &seal.IntegrityError{Report: fmt.Sprintf(
@@ -162,10 +174,10 @@ func (a *App) checkAuditHead(ctx context.Context, m *hsm.Module) error {
 		return &seal.IntegrityError{Report: fmt.Sprintf("audit entry %d differs from the token's last checkpoint: the chain was rewritten", cp.Seq)}
 	}
 	// The tail after the checkpoint: chained, each hash matching its contents.
-	prev := cp.Hash
-	prevSeq := cp.Seq
-	err = a.store.AuditEntries(ctx, cp.Seq, 0, func(e *audit.Entry) error {
-		if e.Seq != prevSeq+1 || !bytes.Equal(e.PrevHash, prev) || !bytes.Equal(e.ComputeHash(), e.Hash) {
+	prev, prevSeq := tailPrev, tailFrom
+	err = a.store.AuditEntries(ctx, tailFrom, 0, func(e *audit.Entry) error {
+		linked := prev == nil || bytes.Equal(e.PrevHash, prev) // nil: the first entry held, after an archive
+		if e.Seq != prevSeq+1 || !linked || !bytes.Equal(e.ComputeHash(), e.Hash) {
 			return &seal.IntegrityError{Report: fmt.Sprintf("audit entry %d after the last checkpoint is broken (modified, inserted or deleted)", prevSeq+1)}
 		}
 		prev, prevSeq = e.Hash, e.Seq

@@ -25,12 +25,16 @@ func (x auditAPI) Page(ctx context.Context, after int64, limit int) (api.AuditPa
 		return p, err
 	}
 	p.HeadSeq, p.Next = head, after
+	var first int64 // the page's first entry: after+1, or later on an archived chain
 	err = st.AuditEntries(ctx, after, limit, func(e *audit.Entry) error {
 		l, err := audit.EntryLine(e)
 		if err != nil {
 			return err
 		}
 		p.Entries = append(p.Entries, l)
+		if first == 0 {
+			first = e.Seq
+		}
 		p.Next = e.Seq
 		return nil
 	})
@@ -42,7 +46,7 @@ func (x auditAPI) Page(ctx context.Context, after int64, limit int) (api.AuditPa
 		return p, err
 	}
 	for i := range cps {
-		if cps[i].Seq > after && cps[i].Seq <= p.Next {
+		if cps[i].Seq >= first && cps[i].Seq > after && cps[i].Seq <= p.Next {
 			p.Checkpoints = append(p.Checkpoints, audit.CheckpointLine(&cps[i]))
 		}
 	}

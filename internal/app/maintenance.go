@@ -96,9 +96,9 @@ func (a *App) pruneBatches(ctx context.Context, del func(context.Context, *store
 	}
 }
 
-// maintain prunes policy usage and, when retention.requests is set, old
-// finished requests, a minute after the start and then every pruneEvery,
-// until ctx ends.
+// maintain prunes policy usage and, when retention says so, old finished
+// requests and old audit entries (archived first), a minute after the start
+// and then every pruneEvery, until ctx ends.
 func (a *App) maintain(ctx context.Context) {
 	t := time.NewTimer(time.Minute)
 	defer t.Stop()
@@ -113,6 +113,16 @@ func (a *App) maintain(ctx context.Context) {
 	}
 }
 
+// archiveAndPrune is archiveAudit as a step of maintainOnce: it logs the
+// archive it wrote and returns the entries deleted.
+func (a *App) archiveAndPrune(ctx context.Context, now time.Time) (int64, error) {
+	res, err := a.archiveAudit(ctx, now)
+	if res.File != "" {
+		a.log.Info("audit entries archived", zap.String("file", res.File), zap.Int64("from", res.From), zap.Int64("through", res.Through))
+	}
+	return res.Deleted, err
+}
+
 // maintainOnce is one pass of maintain; each step's failure is logged and
 // counted, and does not stop the others.
 func (a *App) maintainOnce(ctx context.Context, now time.Time) {
@@ -123,6 +133,7 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 	}{
 		{"policy usage", "policy_usage", a.pruneUsage, usageRetention},
 		{"finished requests", "requests", a.pruneRequests, a.cfg.Retention.Requests.D()},
+		{"archived audit entries", "audit_entries", a.archiveAndPrune, a.cfg.Retention.Audit.D()},
 	}
 	for _, st := range steps {
 		n, err := st.run(ctx, now)

@@ -299,6 +299,29 @@ func TestExportRoundTrip(t *testing.T) {
 	}
 }
 
+// exportOf writes es as an export, each checkpoint of cps right after the
+// entry it covers.
+func exportOf(es []Entry, cps []Checkpoint) []byte {
+	bySeq := map[int64]*Checkpoint{}
+	for i := range cps {
+		bySeq[cps[i].Seq] = &cps[i]
+	}
+	var buf bytes.Buffer
+	x := NewExporter(&buf)
+	for i := range es {
+		_ = x.Entry(&es[i])
+		if c := bySeq[es[i].Seq]; c != nil {
+			_ = x.Checkpoint(c)
+		}
+	}
+	_ = x.Flush()
+	return buf.Bytes()
+}
+
+// FuzzScanExport: whatever verifies has a consistent report, and a chain
+// that starts after entry 1 says why in the export itself: a signed
+// checkpoint of its first entry (the archive file of a later segment), or
+// an audit_archived entry whose range holds it (an archived database).
 func FuzzScanExport(f *testing.F) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	es, cps := chain(f, 3, 2, key, nil)
@@ -311,11 +334,43 @@ func FuzzScanExport(f *testing.F) {
 	_ = x.Flush()
 	f.Add(buf.Bytes())
 	f.Add([]byte(`{"type":"entry","seq":1}` + "\n" + `{"type":"checkpoint","seq":1,"hash":"zz"}`))
+	// Chains starting after 1: the second segment of an archive, from
+	// entry 3 (checkpointed); an archived database part-way through its
+	// deletion, from entry 2, which the audit_archived entry covers.
+	seg, segCps := chain(f, 6, 3, key, nil)
+	f.Add(exportOf(seg[2:], segCps))
+	archived := appendRecords(f, seg, Archived{From: 1, Through: 3, ThroughHash: seg[2].Hash, File: "a", SHA256: "00", Size: 1}.Record())
+	f.Add(exportOf(archived[1:], segCps))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// Never a panic; whatever verifies has a consistent report.
 		r, err := VerifyExport(bytes.NewReader(data), []*ecdsa.PublicKey{&key.PublicKey}, nil)
-		if err == nil && r.HeadSeq != r.Entries {
-			t.Fatalf("verified chain with head %d but %d entries", r.HeadSeq, r.Entries)
+		if err != nil {
+			return
+		}
+		if r.Entries == 0 {
+			if r.FirstSeq != 0 || r.HeadSeq != 0 {
+				t.Fatalf("empty chain reported from %d to %d", r.FirstSeq, r.HeadSeq)
+			}
+			return
+		}
+		if r.FirstSeq < 1 || r.HeadSeq-r.FirstSeq+1 != r.Entries || r.Unprotected < 0 || r.Unprotected > r.Entries {
+			t.Fatalf("verified chain %d..%d with %d entries, %d unprotected", r.FirstSeq, r.HeadSeq, r.Entries, r.Unprotected)
+		}
+		if r.FirstSeq == 1 {
+			return
+		}
+		explained := false
+		_ = ScanExport(bytes.NewReader(data), func(e *Entry) error {
+			if a, err := ParseArchived(e); err == nil && a.From <= r.FirstSeq && r.FirstSeq <= a.Through {
+				explained = true
+			}
+			return nil
+		}, func(c *Checkpoint) error {
+			explained = explained || c.Seq == r.FirstSeq
+			return nil
+		})
+		if !explained {
+			t.Fatalf("a chain starting at entry %d verified with no checkpoint or archive record for it", r.FirstSeq)
 		}
 	})
 }

@@ -160,7 +160,10 @@ func ScanExport(r io.Reader, entry func(*Entry) error, cp func(*Checkpoint) erro
 }
 
 // VerifyExport verifies an export with the given audit keys. It reads the
-// export twice (checkpoints first), so it needs a ReadSeeker.
+// export twice (checkpoints first), so it needs a ReadSeeker. An export may
+// start after entry 1 at a checkpointed entry (an archive file of a later
+// segment, an export --after a checkpoint) or at an entry an audit_archived
+// entry in it covers (an archived database).
 func VerifyExport(r io.ReadSeeker, keys []*ecdsa.PublicKey, anchors map[int64][]byte) (Report, error) {
 	var cps []Checkpoint
 	if err := ScanExport(r, nil, func(c *Checkpoint) error { cps = append(cps, *c); return nil }); err != nil {
@@ -173,6 +176,7 @@ func VerifyExport(r io.ReadSeeker, keys []*ecdsa.PublicKey, anchors map[int64][]
 	if err != nil {
 		return Report{}, err
 	}
+	v.AcceptCheckpointedStart()
 	for seq, h := range anchors {
 		v.Anchor(seq, h)
 	}

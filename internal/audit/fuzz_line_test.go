@@ -38,6 +38,11 @@ func FuzzExportLine(f *testing.F) {
 	f.Add(buf.Bytes())
 	f.Add([]byte(`{"type":"entry","seq":1,"at_ns":5,"kind":"k","fields":{"b":"2","a":"\u00ff"},"prev_hash":"AB","hash":"00"}`))
 	f.Add([]byte(`{"type":"checkpoint","seq":9,"at_ns":-1,"hash":"zz","key_id":"k","signature":""}` + "\n\n{}"))
+	// An archived database's export: it starts after entry 1 and holds an
+	// audit_archived entry.
+	seg, segCps := chain(f, 6, 3, key, nil)
+	archived := appendRecords(f, seg, Archived{From: 1, Through: 3, ThroughHash: seg[2].Hash, File: "a", SHA256: "00", Size: 1}.Record())
+	f.Add(exportOf(archived[1:], segCps))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var entries []Entry
 		var checkpoints []Checkpoint

@@ -32,9 +32,21 @@ func bad(seq int64, format string, a ...any) error {
 	return &BadEntry{Seq: seq, Reason: fmt.Sprintf(format, a...)}
 }
 
+// AnchorError: an anchor names an entry before the first one verified. It
+// is not tampering: that entry was archived, and the archive holding it is
+// where it can be checked.
+type AnchorError struct{ Anchor, First int64 }
+
+func (e *AnchorError) Error() string {
+	return fmt.Sprintf("anchor %d is before the first retained entry %d: verify the archive that holds it", e.Anchor, e.First)
+}
+
 // Report summarises a verified chain.
 type Report struct {
-	Entries           int64     `json:"entries"`
+	// FirstSeq is the first entry verified: 1, or later when the entries
+	// before it are archived (0 for an empty chain).
+	FirstSeq          int64     `json:"first_seq"`
+	Entries           int64     `json:"entries"` // entries verified, FirstSeq..HeadSeq
 	HeadSeq           int64     `json:"head_seq"`
 	HeadHash          string    `json:"head_hash"`
 	Checkpoints       int       `json:"checkpoints"`
@@ -55,17 +67,24 @@ type Verifier struct {
 	last    Checkpoint // the checkpoint with the highest Seq
 	used    map[string]bool
 	n       int64
+	first   int64  // the first entry's seq, 0 before it
+	firstH  []byte // and its hash
 	prevSeq int64
 	prev    []byte
 	err     error
+
+	// A chain may start after entry 1 only for a stated reason (see start).
+	checkpointedStart bool // an export may start at a checkpointed entry
+	startExplained    bool
 
 	anchors   map[int64][]byte
 	maxAnchor int64
 }
 
 // NewVerifier checks every checkpoint's signature first (naming the first
-// bad one) and prepares to verify entries from seq 1. A checkpoint signed by
-// a key not in keys is a failure: an auditor supplies the keys they trust.
+// bad one) and prepares to verify entries from seq 1, or from a later entry
+// whose predecessors are archived (see Add). A checkpoint signed by a key
+// not in keys is a failure: an auditor supplies the keys they trust.
 func NewVerifier(keys []*ecdsa.PublicKey, cps []Checkpoint) (*Verifier, error) {
 	v := &Verifier{keys: map[string]*ecdsa.PublicKey{}, cps: map[int64]Checkpoint{}, used: map[string]bool{}, prev: Genesis()}
 	for _, k := range keys {
@@ -99,8 +118,22 @@ func NewVerifier(keys []*ecdsa.PublicKey, cps []Checkpoint) (*Verifier, error) {
 	return v, nil
 }
 
+// AcceptCheckpointedStart lets the chain start after entry 1 at an entry
+// that a signed checkpoint covers, as an export or archive file may: the
+// archive of a later segment starts with the entry that ends the previous
+// one. A database's chain needs an audit_archived entry instead. Call it
+// before the first Add.
+func (v *Verifier) AcceptCheckpointedStart() { v.checkpointedStart = true }
+
 // Add verifies the next entry. After the first failure every later call
 // returns the same error.
+//
+// The first entry may come after entry 1 when the entries before it were
+// archived. Its previous-hash cannot be checked then (its predecessor is in
+// the archive), but its own hash, and every hash after it, is still covered
+// by the next signed checkpoint. Finish fails unless the start is explained:
+// an audit_archived entry in the chain covers it, or (after
+// AcceptCheckpointedStart) a signed checkpoint covers it.
 func (v *Verifier) Add(e *Entry) error {
 	if v.err != nil {
 		return v.err
@@ -110,15 +143,21 @@ func (v *Verifier) Add(e *Entry) error {
 }
 
 func (v *Verifier) add(e *Entry) error {
-	want := v.prevSeq + 1
-	switch {
-	case e.Seq < want:
-		return bad(e.Seq, "out of order or duplicated: it comes after entry %d", v.prevSeq)
-	case e.Seq > want:
-		return bad(want, "missing: entry %d follows entry %d (entries deleted)", e.Seq, v.prevSeq)
-	}
-	if !bytes.Equal(e.PrevHash, v.prev) {
-		return bad(e.Seq, "does not follow entry %d: its previous-hash differs (an entry before it was changed, inserted or removed)", v.prevSeq)
+	if v.n == 0 && e.Seq > 1 {
+		if err := v.start(e); err != nil {
+			return err
+		}
+	} else {
+		want := v.prevSeq + 1
+		switch {
+		case e.Seq < want:
+			return bad(e.Seq, "out of order or duplicated: it comes after entry %d", v.prevSeq)
+		case e.Seq > want:
+			return bad(want, "missing: entry %d follows entry %d (entries deleted)", e.Seq, v.prevSeq)
+		}
+		if !bytes.Equal(e.PrevHash, v.prev) {
+			return bad(e.Seq, "does not follow entry %d: its previous-hash differs (an entry before it was changed, inserted or removed)", v.prevSeq)
+		}
 	}
 	if !bytes.Equal(e.ComputeHash(), e.Hash) {
 		return bad(e.Seq, "its contents do not match its hash (modified)")
@@ -130,8 +169,59 @@ func (v *Verifier) add(e *Entry) error {
 	if h, ok := v.anchors[e.Seq]; ok && !bytes.Equal(h, e.Hash) {
 		return bad(e.Seq, "differs from the expected head recorded earlier")
 	}
+	if v.n == 0 {
+		v.first, v.firstH = e.Seq, e.Hash
+	}
+	if e.Kind == KindArchived {
+		if err := v.archived(e); err != nil {
+			return err
+		}
+	}
 	v.n++
 	v.prevSeq, v.prev = e.Seq, e.Hash
+	return nil
+}
+
+// start takes a first entry after 1. An anchor before it cannot be checked.
+func (v *Verifier) start(e *Entry) error {
+	var early int64
+	for seq := range v.anchors {
+		if seq < e.Seq && (early == 0 || seq < early) {
+			early = seq
+		}
+	}
+	if early != 0 {
+		return &AnchorError{Anchor: early, First: e.Seq}
+	}
+	if _, ok := v.cps[e.Seq]; ok && v.checkpointedStart {
+		v.startExplained = true // add compares the entry with the checkpoint
+	}
+	return nil
+}
+
+// archived checks an archive record against the chain and the checkpoints,
+// and notes whether it explains where the chain starts.
+func (v *Verifier) archived(e *Entry) error {
+	a, err := ParseArchived(e)
+	if err != nil {
+		return bad(e.Seq, "archive record: %v", err)
+	}
+	if a.Through >= e.Seq {
+		return bad(e.Seq, "archive record of entries up to %d, which come after it", a.Through)
+	}
+	c, checkpointed := v.cps[a.Through]
+	switch {
+	case checkpointed && !bytes.Equal(c.Hash, a.ThroughHash):
+		return bad(e.Seq, "archive record's hash of entry %d differs from that entry's signed checkpoint", a.Through)
+	case a.Through == v.first && !bytes.Equal(v.firstH, a.ThroughHash):
+		return bad(e.Seq, "archive record's hash of entry %d differs from that entry", a.Through)
+	case a.Through > v.first && !checkpointed:
+		// Entry Through is in this chain; archives end at a checkpointed entry.
+		return bad(e.Seq, "archive record ends at entry %d, which no checkpoint covers", a.Through)
+	}
+	if a.From <= v.first && v.first <= a.Through {
+		v.startExplained = true
+	}
 	return nil
 }
 
@@ -141,6 +231,13 @@ func (v *Verifier) Finish() (Report, error) {
 	if v.err != nil {
 		return Report{}, v.err
 	}
+	if v.first > 1 && !v.startExplained {
+		why := "entries before it were deleted without an archive record (no audit_archived entry covers it)"
+		if v.checkpointedStart {
+			why += ", and no signed checkpoint covers it"
+		}
+		return Report{}, bad(v.first, "the chain starts here, but %s", why)
+	}
 	if v.last.Seq > v.prevSeq {
 		return Report{}, bad(v.prevSeq+1, "missing: the chain ends at entry %d but a checkpoint signed at %s covers entry %d (truncated)",
 			v.prevSeq, time.Unix(0, v.last.At).UTC().Format(time.RFC3339), v.last.Seq)
@@ -148,8 +245,8 @@ func (v *Verifier) Finish() (Report, error) {
 	if v.maxAnchor > v.prevSeq {
 		return Report{}, bad(v.prevSeq+1, "missing: the chain ends at entry %d, before the expected head %d (truncated)", v.prevSeq, v.maxAnchor)
 	}
-	r := Report{Entries: v.n, HeadSeq: v.prevSeq, HeadHash: fmt.Sprintf("%x", v.prev), Checkpoints: len(v.cps),
-		LastCheckpointSeq: v.last.Seq, Unprotected: v.prevSeq - v.last.Seq}
+	r := Report{FirstSeq: v.first, Entries: v.n, HeadSeq: v.prevSeq, HeadHash: fmt.Sprintf("%x", v.prev), Checkpoints: len(v.cps),
+		LastCheckpointSeq: v.last.Seq, Unprotected: v.prevSeq - max(v.last.Seq, v.first-1)}
 	if v.last.Seq > 0 {
 		r.LastCheckpointAt = time.Unix(0, v.last.At).UTC()
 	}
@@ -163,7 +260,8 @@ func (v *Verifier) Finish() (Report, error) {
 // Anchor additionally requires entry seq to exist with the given hash: a
 // head the auditor recorded earlier (from a previous export, or the HSM's
 // copy of the last checkpoint). It catches truncation after the last
-// checkpoint in the file. Call it before the first Add.
+// checkpoint in the file. An anchor before the chain's first entry is an
+// *AnchorError: that entry is archived. Call it before the first Add.
 func (v *Verifier) Anchor(seq int64, hash []byte) {
 	if v.anchors == nil {
 		v.anchors = map[int64][]byte{}

@@ -768,8 +768,8 @@ func TestUsageMigratedFromSchema8(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v != 9 {
-		t.Fatalf("schema %d: this test turns a schema-9 database back into a schema-8 one; update it for the migrations after 9", v)
+	if v != 10 {
+		t.Fatalf("schema %d: this test turns a schema-10 database back into a schema-8 one; update it for the migrations after 10", v)
 	}
 	for _, k := range []string{"k1", "k2"} {
 		addKey(t, s, k)
@@ -795,6 +795,12 @@ func TestUsageMigratedFromSchema8(t *testing.T) {
 		`CREATE INDEX policy_usage_window ON policy_usage (key_id, asset, at, amount)`,
 		`CREATE INDEX policy_usage_request ON policy_usage (request_id)`,
 		`DELETE FROM schema_migrations WHERE version = 9`,
+		// As 0007's Go step left the chain's delete trigger, before 0010.
+		`DROP TRIGGER events_append_only_delete`,
+		`DROP TABLE audit_archives`,
+		`CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+		BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END`,
+		`DELETE FROM schema_migrations WHERE version = 10`,
 	} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
@@ -829,8 +835,8 @@ func TestUsageMigratedFromSchema8(t *testing.T) {
 	}
 
 	s = openStore(t, path)
-	if v, err := s.SchemaVersion(ctx); err != nil || v != 9 {
-		t.Fatalf("schema %d after reopening (%v); want 9", v, err)
+	if v, err := s.SchemaVersion(ctx); err != nil || v != 10 {
+		t.Fatalf("schema %d after reopening (%v); want 10", v, err)
 	}
 	ws := []window{{d: time.Minute}, {d: 10 * time.Minute}, {d: time.Hour}, {d: 24 * time.Hour}, {d: 400 * 24 * time.Hour}}
 	end := at

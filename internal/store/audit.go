@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/custodysigner/appliance/internal/audit"
@@ -13,7 +14,10 @@ import (
 // appendOnlyTriggers make the chain append-only for every SQL client, not
 // just for this code: an UPDATE or DELETE on an entry or a checkpoint
 // aborts. (Someone with the file can drop them; the chain and the signed
-// checkpoints are what catch that.)
+// checkpoints are what catch that.) They are migration 7's, and stay as
+// released: migration 10 replaces events_append_only_delete with one that
+// lets archived entries go (0010_audit_archives.sql), so new and upgraded
+// databases end with the same triggers.
 const appendOnlyTriggers = `
 CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;
@@ -140,19 +144,21 @@ func (s *Store) AuditEntryHash(ctx context.Context, seq int64) ([]byte, error) {
 // AuditEntries calls fn for every entry after seq, oldest first, at most
 // limit (0: all). It streams: memory does not grow with the chain.
 func (s *Store) AuditEntries(ctx context.Context, after int64, limit int, fn func(*audit.Entry) error) error {
-	return scanAuditEntries(ctx, s.r, after, limit, fn)
+	return scanAuditEntries(ctx, s.r, after, math.MaxInt64, limit, fn)
 }
 
 type rowsQueryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 }
 
-func scanAuditEntries(ctx context.Context, q rowsQueryer, after int64, limit int, fn func(*audit.Entry) error) error {
+// scanAuditEntries calls fn for the entries after seq after up to seq
+// through, at most limit (0: all).
+func scanAuditEntries(ctx context.Context, q rowsQueryer, after, through int64, limit int, fn func(*audit.Entry) error) error {
 	if limit <= 0 {
 		limit = -1 // SQLite: no limit
 	}
 	rows, err := q.QueryContext(ctx, `SELECT seq, at, kind, principal, detail, fields, prev_hash, hash
-		FROM events WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+		FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?`, after, through, limit)
 	if err != nil {
 		return fmt.Errorf("store: read audit entries: %w", err)
 	}
@@ -187,7 +193,14 @@ func (s *Store) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
 }
 
 func readCheckpoints(ctx context.Context, q rowsQueryer) ([]audit.Checkpoint, error) {
-	rows, err := q.QueryContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints ORDER BY seq`)
+	return readCheckpointsIn(ctx, q, 0, math.MaxInt64)
+}
+
+// readCheckpointsIn returns the checkpoints of the entries after seq after
+// up to seq through, oldest first.
+func readCheckpointsIn(ctx context.Context, q rowsQueryer, after, through int64) ([]audit.Checkpoint, error) {
+	rows, err := q.QueryContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints
+		WHERE seq > ? AND seq <= ? ORDER BY seq`, after, through)
 	if err != nil {
 		return nil, fmt.Errorf("store: read checkpoints: %w", err)
 	}
@@ -309,12 +322,19 @@ func SetBackupRecipientTx(ctx context.Context, tx *Tx, pub string) error {
 }
 
 // LastConfigSHA returns the configuration hash of the newest start or
-// reload entry that recorded one ("" if none).
+// reload entry that recorded one ("" if none). An archive record carries
+// the hash in force when it was written, so the comparison at start
+// survives the archiving of those entries.
 func (s *Store) LastConfigSHA(ctx context.Context) (string, error) {
+	return lastConfigSHA(ctx, s.r, 0)
+}
+
+// lastConfigSHA is LastConfigSHA among the entries after seq after.
+func lastConfigSHA(ctx context.Context, q queryer, after int64) (string, error) {
 	var sha sql.NullString
-	err := s.r.QueryRowContext(ctx, `SELECT json_extract(fields, '$.config_sha256') FROM events
-		WHERE kind IN ('start', 'config_reload', 'config_changed') AND json_extract(fields, '$.config_sha256') IS NOT NULL
-		ORDER BY seq DESC LIMIT 1`).Scan(&sha)
+	err := q.QueryRowContext(ctx, `SELECT json_extract(fields, '$.config_sha256') FROM events
+		WHERE seq > ? AND kind IN ('start', 'config_reload', 'config_changed', 'audit_archived') AND json_extract(fields, '$.config_sha256') IS NOT NULL
+		ORDER BY seq DESC LIMIT 1`, after).Scan(&sha)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", nil
 	}

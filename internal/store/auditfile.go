@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -52,7 +53,7 @@ func (f *AuditFile) Close() error { return f.db.Close() }
 
 // Entries streams entries after seq after, oldest first.
 func (f *AuditFile) Entries(ctx context.Context, after int64, fn func(*audit.Entry) error) error {
-	return scanAuditEntries(ctx, f.db, after, 0, fn)
+	return scanAuditEntries(ctx, f.db, after, math.MaxInt64, 0, fn)
 }
 
 // Checkpoints returns every checkpoint.
@@ -61,7 +62,9 @@ func (f *AuditFile) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error)
 }
 
 // Verify checks the whole chain in the file against the given audit keys
-// and anchors (seq → hash recorded earlier).
+// and anchors (seq → hash recorded earlier). The chain may start after
+// entry 1 only where an audit_archived entry in it says the entries before
+// were archived (Report.FirstSeq).
 func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors map[int64][]byte) (audit.Report, error) {
 	cps, err := f.Checkpoints(ctx)
 	if err != nil {
@@ -83,7 +86,14 @@ func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors
 // Export writes every entry after seq after as JSON lines, each checkpoint
 // right after the entry it covers.
 func (f *AuditFile) Export(ctx context.Context, w io.Writer, after int64) (int64, error) {
-	cps, err := f.Checkpoints(ctx)
+	return exportAudit(ctx, f.db, w, after, math.MaxInt64)
+}
+
+// exportAudit writes the entries after seq after up to seq through as JSON
+// lines, each checkpoint right after the entry it covers, and returns how
+// many entries it wrote.
+func exportAudit(ctx context.Context, q rowsQueryer, w io.Writer, after, through int64) (int64, error) {
+	cps, err := readCheckpointsIn(ctx, q, after, through)
 	if err != nil {
 		return 0, err
 	}
@@ -93,7 +103,7 @@ func (f *AuditFile) Export(ctx context.Context, w io.Writer, after int64) (int64
 	}
 	x := audit.NewExporter(w)
 	var n int64
-	err = f.Entries(ctx, after, func(e *audit.Entry) error {
+	err = scanAuditEntries(ctx, q, after, through, 0, func(e *audit.Entry) error {
 		if err := x.Entry(e); err != nil {
 			return err
 		}

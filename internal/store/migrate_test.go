@@ -11,6 +11,7 @@ import (
 	"math"
 	"math/big"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -223,15 +224,47 @@ func checkMigratedUsage(t *testing.T, s *Store) {
 	}
 }
 
+// triggers maps each trigger of the database to its SQL.
+func triggers(t *testing.T, s *Store) map[string]string {
+	t.Helper()
+	rows, err := s.r.Query(`SELECT name, sql FROM sqlite_master WHERE type = 'trigger'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[string]string{}
+	for rows.Next() {
+		var name, q string
+		if err := rows.Scan(&name, &q); err != nil {
+			t.Fatal(err)
+		}
+		out[name] = q
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // TestMigrationFromEverySchema: a database left by every earlier release
 // opens with this binary, is backed up first, migrates to the newest schema,
 // keeps its data, passes the integrity check, has an audit chain that
-// verifies, and has the same policy window sums as before (schema 9 added
-// running totals to the usage rows).
+// verifies, has the same triggers as a new database (schema 10 replaced the
+// chain's delete trigger), and has the same policy window sums as before
+// (schema 9 added running totals to the usage rows).
 func TestMigrationFromEverySchema(t *testing.T) {
 	ms, err := loadMigrations()
 	if err != nil {
 		t.Fatal(err)
+	}
+	fresh, err := Open(context.Background(), filepath.Join(t.TempDir(), "fresh.db"), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTriggers := triggers(t, fresh)
+	fresh.Close()
+	if !strings.Contains(wantTriggers["events_append_only_delete"], "audit_archives") || wantTriggers["audit_archives_append_only_delete"] == "" {
+		t.Fatalf("a new database's triggers: %v", wantTriggers)
 	}
 	for v := 1; v < len(ms); v++ {
 		t.Run(fmt.Sprintf("from v%d", v), func(t *testing.T) {
@@ -259,6 +292,9 @@ func TestMigrationFromEverySchema(t *testing.T) {
 			}
 			if v >= 4 {
 				checkMigratedUsage(t, s)
+			}
+			if got := triggers(t, s); !reflect.DeepEqual(got, wantTriggers) {
+				t.Fatalf("triggers after migrating from v%d:\n%v\nwant (a new database's):\n%v", v, got, wantTriggers)
 			}
 			if err := s.RecordEvent(ctx, "start", "", "after the upgrade"); err != nil {
 				t.Fatal(err)
