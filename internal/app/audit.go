@@ -127,9 +127,9 @@ func auditRef(k store.AuditKey) hsm.KeyRef {
 func (a *App) checkAuditHead(ctx context.Context, m *hsm.Module) error {
 	raw, err := m.ReadData(ctx, auditHeadLabel)
 	if errors.Is(err, hsm.ErrDataNotFound) {
-		if cps, err := a.store.Checkpoints(ctx); err == nil && len(cps) > 0 {
+		if last, err := a.store.LastCheckpoint(ctx); err == nil {
 			return &seal.IntegrityError{Report: fmt.Sprintf(
-				"the token holds no audit head, but the database has %d checkpoints: this is not the token this database was used with", len(cps))}
+				"the token holds no audit head, but the database has checkpoints (the last at entry %d): this is not the token this database was used with", last.Seq)}
 		}
 		return nil
 	}

@@ -41,14 +41,17 @@ func (x auditAPI) Page(ctx context.Context, after int64, limit int) (api.AuditPa
 	if err != nil {
 		return p, err
 	}
-	cps, err := st.Checkpoints(ctx)
+	if first == 0 {
+		return p, nil // no entries: no checkpoints either
+	}
+	// Only the page's: one query over the checkpoints' primary key, not
+	// every checkpoint (one per audit.checkpoint_interval) per page.
+	cps, err := st.CheckpointsIn(ctx, first-1, p.Next)
 	if err != nil {
 		return p, err
 	}
 	for i := range cps {
-		if cps[i].Seq >= first && cps[i].Seq > after && cps[i].Seq <= p.Next {
-			p.Checkpoints = append(p.Checkpoints, audit.CheckpointLine(&cps[i]))
-		}
+		p.Checkpoints = append(p.Checkpoints, audit.CheckpointLine(&cps[i]))
 	}
 	return p, nil
 }

@@ -187,9 +187,16 @@ func (s *Store) AddCheckpoint(ctx context.Context, c audit.Checkpoint) error {
 	})
 }
 
-// Checkpoints returns every checkpoint, oldest first.
+// Checkpoints returns every checkpoint, oldest first. There is one every
+// audit.checkpoint_interval: prefer CheckpointsIn on a serving path.
 func (s *Store) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error) {
 	return readCheckpoints(ctx, s.r)
+}
+
+// CheckpointsIn returns the checkpoints of the entries after seq after up
+// to seq through, oldest first.
+func (s *Store) CheckpointsIn(ctx context.Context, after, through int64) ([]audit.Checkpoint, error) {
+	return readCheckpointsIn(ctx, s.r, after, through)
 }
 
 func readCheckpoints(ctx context.Context, q rowsQueryer) ([]audit.Checkpoint, error) {
