@@ -59,12 +59,15 @@ type Report struct {
 }
 
 // Verifier checks a chain entry by entry, in order, against checkpoints
-// signed by known audit keys. It holds one entry and the checkpoints in
-// memory, whatever the length of the chain.
+// signed by known audit keys. It holds one entry in memory, whatever the
+// length of the chain, and the checkpoints: all of them (NewVerifier), or
+// a bounded window of them (NewStreamingVerifier).
 type Verifier struct {
 	keys    map[string]*ecdsa.PublicKey
 	cps     map[int64]Checkpoint
+	nCps    int        // checkpoints taken, one per seq
 	last    Checkpoint // the checkpoint with the highest Seq
+	prevAt  int64      // its time: checkpoints come in order of seq and of time
 	used    map[string]bool
 	n       int64
 	first   int64  // the first entry's seq, 0 before it
@@ -79,6 +82,13 @@ type Verifier struct {
 
 	anchors   map[int64][]byte
 	maxAnchor int64
+
+	// Streaming: checkpoints come in batches (AddCheckpoints) and are let go
+	// once the entries have passed them (DropBefore), but for those kept
+	// for the archive records (KeepCheckpoint).
+	streaming bool
+	queue     []int64 // the seqs in cps, ascending
+	keep      map[int64]bool
 }
 
 // NewVerifier checks every checkpoint's signature first (naming the first
@@ -86,36 +96,111 @@ type Verifier struct {
 // whose predecessors are archived (see Add). A checkpoint signed by a key
 // not in keys is a failure: an auditor supplies the keys they trust.
 func NewVerifier(keys []*ecdsa.PublicKey, cps []Checkpoint) (*Verifier, error) {
+	v := newVerifier(keys)
+	sorted := append([]Checkpoint(nil), cps...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Seq < sorted[j].Seq })
+	if err := v.addCheckpoints(sorted); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// NewStreamingVerifier is a Verifier whose checkpoints are given in
+// batches, in ascending seq, as the entries reach them (AddCheckpoints),
+// and let go once the entries have passed them (DropBefore), so that
+// memory does not grow with their number: a database holds one every
+// audit.checkpoint_interval. Checkpoints that an audit_archived entry
+// names must be kept for it (KeepCheckpoint).
+func NewStreamingVerifier(keys []*ecdsa.PublicKey) *Verifier {
+	v := newVerifier(keys)
+	v.streaming, v.keep = true, map[int64]bool{}
+	return v
+}
+
+func newVerifier(keys []*ecdsa.PublicKey) *Verifier {
 	v := &Verifier{keys: map[string]*ecdsa.PublicKey{}, cps: map[int64]Checkpoint{}, used: map[string]bool{}, prev: Genesis()}
 	for _, k := range keys {
 		v.keys[KeyID(k)] = k
 	}
-	sorted := append([]Checkpoint(nil), cps...)
-	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Seq < sorted[j].Seq })
-	var prevAt int64
+	return v
+}
+
+// AddCheckpoints checks the next batch of a streaming verifier's
+// checkpoints, each after every one given before, as NewVerifier checks
+// all of them. A failure is the verification's: Add and Finish return it
+// too.
+func (v *Verifier) AddCheckpoints(cps []Checkpoint) error {
+	if v.err != nil {
+		return v.err
+	}
+	if !v.streaming {
+		return errors.New("audit: AddCheckpoints needs a streaming verifier")
+	}
+	for _, c := range cps {
+		if c.Seq <= v.last.Seq {
+			v.err = bad(0, "checkpoint at entry %d comes after the checkpoint of entry %d", c.Seq, v.last.Seq)
+			return v.err
+		}
+	}
+	v.err = v.addCheckpoints(cps)
+	return v.err
+}
+
+// addCheckpoints checks and takes checkpoints sorted by seq.
+func (v *Verifier) addCheckpoints(sorted []Checkpoint) error {
 	for _, c := range sorted {
 		pub, ok := v.keys[c.KeyID]
 		if !ok {
-			return nil, bad(0, "checkpoint at entry %d is signed by audit key %s, which was not supplied", c.Seq, c.KeyID)
+			return bad(0, "checkpoint at entry %d is signed by audit key %s, which was not supplied", c.Seq, c.KeyID)
 		}
 		if !c.Verify(pub) {
-			return nil, bad(0, "checkpoint at entry %d: signature by audit key %s does not verify (checkpoint forged or altered)", c.Seq, c.KeyID)
+			return bad(0, "checkpoint at entry %d: signature by audit key %s does not verify (checkpoint forged or altered)", c.Seq, c.KeyID)
 		}
 		if c.Seq < 1 || len(c.Hash) != HashSize {
-			return nil, bad(0, "checkpoint at entry %d is malformed", c.Seq)
+			return bad(0, "checkpoint at entry %d is malformed", c.Seq)
 		}
-		if prev, dup := v.cps[c.Seq]; dup && !bytes.Equal(prev.Hash, c.Hash) {
-			return nil, bad(c.Seq, "two signed checkpoints disagree about this entry's hash (the chain was rewritten after it was checkpointed)")
+		prev, dup := v.cps[c.Seq]
+		if dup && !bytes.Equal(prev.Hash, c.Hash) {
+			return bad(c.Seq, "two signed checkpoints disagree about this entry's hash (the chain was rewritten after it was checkpointed)")
 		}
-		if c.At < prevAt {
-			return nil, bad(0, "checkpoint at entry %d is dated before the checkpoint of an earlier entry", c.Seq)
+		if c.At < v.prevAt {
+			return bad(0, "checkpoint at entry %d is dated before the checkpoint of an earlier entry", c.Seq)
 		}
-		prevAt = c.At
+		v.prevAt = c.At
+		if !dup {
+			v.nCps++
+			if v.streaming {
+				v.queue = append(v.queue, c.Seq)
+			}
+		}
 		v.cps[c.Seq] = c
 		v.used[c.KeyID] = true
 		v.last = c
 	}
-	return v, nil
+	return nil
+}
+
+// KeepCheckpoint keeps a streaming verifier's checkpoint of entry seq after
+// the entries have passed it: an audit_archived entry further on names it.
+// Call it before the first AddCheckpoints.
+func (v *Verifier) KeepCheckpoint(seq int64) {
+	if v.keep != nil {
+		v.keep[seq] = true
+	}
+}
+
+// DropBefore lets a streaming verifier's checkpoints of the entries before
+// seq go (but those kept): call it with the seq of the next entry to add.
+// The entries before it have been compared with them already, or are not
+// in the chain (archived before its first entry).
+func (v *Verifier) DropBefore(seq int64) {
+	i := 0
+	for ; i < len(v.queue) && v.queue[i] < seq; i++ {
+		if !v.keep[v.queue[i]] {
+			delete(v.cps, v.queue[i])
+		}
+	}
+	v.queue = v.queue[i:]
 }
 
 // AcceptCheckpointedStart lets the chain start after entry 1 at an entry
@@ -245,7 +330,7 @@ func (v *Verifier) Finish() (Report, error) {
 	if v.maxAnchor > v.prevSeq {
 		return Report{}, bad(v.prevSeq+1, "missing: the chain ends at entry %d, before the expected head %d (truncated)", v.prevSeq, v.maxAnchor)
 	}
-	r := Report{FirstSeq: v.first, Entries: v.n, HeadSeq: v.prevSeq, HeadHash: fmt.Sprintf("%x", v.prev), Checkpoints: len(v.cps),
+	r := Report{FirstSeq: v.first, Entries: v.n, HeadSeq: v.prevSeq, HeadHash: fmt.Sprintf("%x", v.prev), Checkpoints: v.nCps,
 		LastCheckpointSeq: v.last.Seq, Unprotected: v.prevSeq - max(v.last.Seq, v.first-1)}
 	if v.last.Seq > 0 {
 		r.LastCheckpointAt = time.Unix(0, v.last.At).UTC()

@@ -206,8 +206,13 @@ func readCheckpoints(ctx context.Context, q rowsQueryer) ([]audit.Checkpoint, er
 // readCheckpointsIn returns the checkpoints of the entries after seq after
 // up to seq through, oldest first.
 func readCheckpointsIn(ctx context.Context, q rowsQueryer, after, through int64) ([]audit.Checkpoint, error) {
+	return readCheckpointsLimit(ctx, q, after, through, -1)
+}
+
+// readCheckpointsLimit is readCheckpointsIn, at most limit of them (-1: all).
+func readCheckpointsLimit(ctx context.Context, q rowsQueryer, after, through int64, limit int) ([]audit.Checkpoint, error) {
 	rows, err := q.QueryContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints
-		WHERE seq > ? AND seq <= ? ORDER BY seq`, after, through)
+		WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?`, after, through, limit)
 	if err != nil {
 		return nil, fmt.Errorf("store: read checkpoints: %w", err)
 	}

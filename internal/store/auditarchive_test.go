@@ -482,3 +482,15 @@ func TestArchiveKeepsLastConfigSHA(t *testing.T) {
 		t.Fatalf("after a reload: %q %v", sha, err)
 	}
 }
+
+// TestVerifyInSmallCheckpointBatches runs the database verification tests
+// with Verify reading one checkpoint at a time, so that every one is given,
+// compared and let go on its own (kept only when an archive record names it).
+func TestVerifyInSmallCheckpointBatches(t *testing.T) {
+	defer func(n int) { verifyCheckpointBatch = n }(verifyCheckpointBatch)
+	verifyCheckpointBatch = 1
+	t.Run("tampering", TestAuditTamperingInTheDatabaseFile)
+	t.Run("segments", TestArchiveAuditSegments)
+	t.Run("archive tampering", TestArchiveAuditTamperingDetected)
+	t.Run("interrupted", TestArchiveAuditInterruptedPasses)
+}

@@ -65,22 +65,87 @@ func (f *AuditFile) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error)
 // and anchors (seq → hash recorded earlier). The chain may start after
 // entry 1 only where an audit_archived entry in it says the entries before
 // were archived (Report.FirstSeq).
+//
+// Everything is read in one read transaction, so a live database is seen
+// as of one moment while the appliance goes on appending. Checkpoints (one
+// every audit.checkpoint_interval: millions in a year) are read in batches
+// as the entries reach them and let go once passed, so memory stays bounded.
 func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors map[int64][]byte) (audit.Report, error) {
-	cps, err := f.Checkpoints(ctx)
+	tx, err := f.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return audit.Report{}, fmt.Errorf("store: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only
+	v := audit.NewStreamingVerifier(keys)
+	// The checkpoints the archive records name are compared with them
+	// after the entries have passed those checkpoints.
+	throughs, err := archiveThroughs(ctx, tx)
 	if err != nil {
 		return audit.Report{}, err
 	}
-	v, err := audit.NewVerifier(keys, cps)
-	if err != nil {
-		return audit.Report{}, err
+	for _, seq := range throughs {
+		v.KeepCheckpoint(seq)
 	}
 	for seq, h := range anchors {
 		v.Anchor(seq, h)
 	}
-	if err := f.Entries(ctx, 0, v.Add); err != nil {
+	var fed int64 // checkpoints up to this seq have been given
+	more := true
+	feed := func(next int64) error { // give the checkpoints up to the entry next
+		for more && fed < next {
+			cps, err := readCheckpointsLimit(ctx, tx, fed, math.MaxInt64, verifyCheckpointBatch)
+			if err != nil {
+				return err
+			}
+			if more = len(cps) == verifyCheckpointBatch; len(cps) > 0 {
+				if err := v.AddCheckpoints(cps); err != nil {
+					return err
+				}
+				fed = cps[len(cps)-1].Seq
+			}
+			v.DropBefore(min(next, fed+1))
+		}
+		v.DropBefore(next)
+		return nil
+	}
+	err = scanAuditEntries(ctx, tx, 0, math.MaxInt64, 0, func(e *audit.Entry) error {
+		if err := feed(e.Seq); err != nil {
+			return err
+		}
+		return v.Add(e)
+	})
+	if err != nil {
+		return audit.Report{}, err
+	}
+	// Checkpoints past the last entry: a truncated chain (Finish says so).
+	if err := feed(math.MaxInt64); err != nil {
 		return audit.Report{}, err
 	}
 	return v.Finish()
+}
+
+// verifyCheckpointBatch is how many checkpoints Verify reads at a time (a
+// variable for the tests).
+var verifyCheckpointBatch = 4096
+
+// archiveThroughs lists the entries the chain's archive records end at.
+func archiveThroughs(ctx context.Context, q rowsQueryer) ([]int64, error) {
+	rows, err := q.QueryContext(ctx, `SELECT json_extract(fields, '$.through') FROM events WHERE kind = ?`, audit.KindArchived)
+	if err != nil {
+		return nil, fmt.Errorf("store: read archive records: %w", err)
+	}
+	defer rows.Close()
+	var out []int64
+	for rows.Next() {
+		var seq sql.NullInt64
+		if err := rows.Scan(&seq); err != nil {
+			return nil, fmt.Errorf("store: read archive records: %w", err)
+		}
+		if seq.Valid { // a malformed record fails verification anyway
+			out = append(out, seq.Int64)
+		}
+	}
+	return out, rows.Err()
 }
 
 // Export writes every entry after seq after as JSON lines, each checkpoint
