@@ -80,16 +80,8 @@ func auditPages(t *testing.T, e *env) []byte {
 // the database's first entry; exports verify from it. The backup of the
 // archived database restores in mode "database" and signs again.
 func TestAuditArchiveRetention(t *testing.T) {
-	q := newQuorumEnv(t, "retention: {audit: 48h}\n")
+	q := signedAndCheckpointed(t, "retention: {audit: 48h}\n", "before-")
 	ctx := context.Background()
-	q.start()
-	q.unseal(1, 2)
-	for i := range 3 {
-		signOne(t, q.env, uint64(i), fmt.Sprint("before-", i))
-	}
-	if err := q.app.audit.Checkpoint(ctx); err != nil {
-		t.Fatal(err)
-	}
 	signOne(t, q.env, 3, "after-the-checkpoint")
 	keys := q.auditKeys(t)
 
@@ -284,16 +276,8 @@ func TestUnsealWithArchivedTokenHead(t *testing.T) {
 // TestMaintainArchivesAudit: the hourly pass runs the audit step after the
 // others, counts what it deleted, and keeps the chain verifiable.
 func TestMaintainArchivesAudit(t *testing.T) {
-	q := newQuorumEnv(t, "retention: {audit: 48h, requests: 48h}\n")
+	q := signedAndCheckpointed(t, "retention: {audit: 48h, requests: 48h}\n", "m-")
 	ctx := context.Background()
-	q.start()
-	q.unseal(1, 2)
-	for i := range 3 {
-		signOne(t, q.env, uint64(i), fmt.Sprint("m-", i))
-	}
-	if err := q.app.audit.Checkpoint(ctx); err != nil {
-		t.Fatal(err)
-	}
 	before := countRows(t, q.cfg.Store.Path, `SELECT count(*) FROM events`)
 	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
 	deleted := retentionMetric(t, q.app, "appliance_retention_deleted_total", "audit_entries")
@@ -313,4 +297,21 @@ func TestMaintainArchivesAudit(t *testing.T) {
 	if err != nil || rep.Audit.FirstSeq < 2 {
 		t.Fatalf("after maintenance: %+v %v", rep, err)
 	}
+}
+
+// signedAndCheckpointed starts an unsealed quorum appliance with extraYAML,
+// signs three transfers (idempotency keys prefix0..2) and checkpoints the
+// chain.
+func signedAndCheckpointed(t *testing.T, extraYAML, prefix string) *quorumEnv {
+	t.Helper()
+	q := newQuorumEnv(t, extraYAML)
+	q.start()
+	q.unseal(1, 2)
+	for i := range 3 {
+		signOne(t, q.env, uint64(i), fmt.Sprint(prefix, i))
+	}
+	if err := q.app.audit.Checkpoint(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return q
 }

@@ -35,20 +35,7 @@ func appendRecords(t testing.TB, es []Entry, recs ...Record) []Entry {
 
 // verifyExportMode is verify with AcceptCheckpointedStart, as VerifyExport.
 func verifyExportMode(keys []*ecdsa.PublicKey, es []Entry, cps []Checkpoint, anchors map[int64][]byte) (Report, error) {
-	v, err := NewVerifier(keys, cps)
-	if err != nil {
-		return Report{}, err
-	}
-	v.AcceptCheckpointedStart()
-	for s, h := range anchors {
-		v.Anchor(s, h)
-	}
-	for i := range es {
-		if err := v.Add(&es[i]); err != nil {
-			return Report{}, err
-		}
-	}
-	return v.Finish()
+	return verifyWith(keys, es, cps, anchors, true)
 }
 
 // TestChainStartingAfterOne: a chain may start after entry 1 where an

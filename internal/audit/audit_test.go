@@ -46,9 +46,17 @@ func sign(t testing.TB, key *ecdsa.PrivateKey, seq int64, h []byte, at int64) Ch
 }
 
 func verify(keys []*ecdsa.PublicKey, es []Entry, cps []Checkpoint, anchors map[int64][]byte) (Report, error) {
+	return verifyWith(keys, es, cps, anchors, false)
+}
+
+// verifyWith is verify, with AcceptCheckpointedStart when checkpointedStart.
+func verifyWith(keys []*ecdsa.PublicKey, es []Entry, cps []Checkpoint, anchors map[int64][]byte, checkpointedStart bool) (Report, error) {
 	v, err := NewVerifier(keys, cps)
 	if err != nil {
 		return Report{}, err
+	}
+	if checkpointedStart {
+		v.AcceptCheckpointedStart()
 	}
 	for s, h := range anchors {
 		v.Anchor(s, h)
