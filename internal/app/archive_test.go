@@ -315,3 +315,45 @@ func signedAndCheckpointed(t *testing.T, extraYAML, prefix string) *quorumEnv {
 	}
 	return q
 }
+
+// TestMaintainArchivesInBoundedFiles: with more to archive than one file
+// holds, the hourly step writes file after file until it has caught up.
+func TestMaintainArchivesInBoundedFiles(t *testing.T) {
+	q := newQuorumEnv(t, "retention: {audit: 48h}\n")
+	ctx := context.Background()
+	q.start()
+	q.unseal(1, 2)
+	var checkpoints int
+	for i := range 4 {
+		signOne(t, q.env, uint64(i), fmt.Sprint("b-", i))
+		if err := q.app.audit.Checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		checkpoints++
+	}
+	q.app.store.SetArchiveBounds(store.ArchiveBounds{Entries: 1000, Checkpoints: 1})
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	files, err := filepath.Glob(filepath.Join(q.dir, "audit-archive", "audit-*.jsonl"))
+	if err != nil || len(files) < checkpoints {
+		t.Fatalf("%d archive files for %d checkpoints, one each: %v", len(files), checkpoints, err)
+	}
+	keys := q.auditKeys(t)
+	var next int64 = 1
+	for _, f := range files { // names sort by their first entry
+		r, err := func() (audit.Report, error) {
+			fh, err := os.Open(f)
+			if err != nil {
+				return audit.Report{}, err
+			}
+			defer fh.Close()
+			return audit.VerifyExport(fh, keys, nil)
+		}()
+		if err != nil || r.FirstSeq != next {
+			t.Fatalf("%s: %+v %v; want it to start at %d", filepath.Base(f), r, err, next)
+		}
+		next = r.HeadSeq
+	}
+	if rep, err := CheckIntegrity(ctx, q.cfg.Store.Path, false); err != nil || rep.Audit.FirstSeq != next {
+		t.Fatalf("the database after %d files: %+v %v", len(files), rep, err)
+	}
+}

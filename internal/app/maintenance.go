@@ -113,14 +113,21 @@ func (a *App) maintain(ctx context.Context) {
 	}
 }
 
-// archiveAndPrune is archiveAudit as a step of maintainOnce: it logs the
-// archive it wrote and returns the entries deleted.
+// archiveAndPrune is archiveAudit as a step of maintainOnce: it runs passes
+// until one writes no archive (a pass writes one file of bounded size),
+// logs each archive, and returns the entries deleted.
 func (a *App) archiveAndPrune(ctx context.Context, now time.Time) (int64, error) {
-	res, err := a.archiveAudit(ctx, now)
-	if res.File != "" {
-		a.log.Info("audit entries archived", zap.String("file", res.File), zap.Int64("from", res.From), zap.Int64("through", res.Through))
+	var deleted int64
+	for {
+		res, err := a.archiveAudit(ctx, now)
+		deleted += res.Deleted
+		if res.File != "" {
+			a.log.Info("audit entries archived", zap.String("file", res.File), zap.Int64("from", res.From), zap.Int64("through", res.Through))
+		}
+		if err != nil || res.File == "" {
+			return deleted, err
+		}
 	}
-	return res.Deleted, err
 }
 
 // maintainOnce is one pass of maintain; each step's failure is logged and

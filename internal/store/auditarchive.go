@@ -48,6 +48,26 @@ const (
 	archivePause = 20 * time.Millisecond
 )
 
+// ArchiveBounds is the most one archive file holds: a pass archives up to
+// the newest old enough checkpoint within both bounds (or, if there is none,
+// the first checkpoint after them), so that a file stays a size an operator
+// can copy, and its read-back verification, in the serving process, holds a
+// bounded number of checkpoints. The first pass over years of entries thus
+// writes one file of many; the caller runs passes until one writes nothing.
+type ArchiveBounds struct {
+	Entries     int64 // entries after the first one in the file
+	Checkpoints int64 // checkpoints after the first entry
+}
+
+// DefaultArchiveBounds: about 750 MB of JSON lines at most.
+var DefaultArchiveBounds = ArchiveBounds{Entries: 1_000_000, Checkpoints: 50_000}
+
+// SetArchiveBounds changes the bounds on the next archive files (tests;
+// each bound at least 1).
+func (s *Store) SetArchiveBounds(b ArchiveBounds) {
+	s.archive = ArchiveBounds{Entries: max(b.Entries, 1), Checkpoints: max(b.Checkpoints, 1)}
+}
+
 // ArchiveResult is what one ArchiveAudit pass did.
 type ArchiveResult struct {
 	File          string // path of the archive written by this pass, "" if none
@@ -192,10 +212,7 @@ func (s *Store) writeArchive(ctx context.Context, dir string, before time.Time) 
 	if first < archived {
 		return nil, fmt.Errorf("store: audit archive: entries %d to %d are archived but not yet deleted", first, archived-1)
 	}
-	var c audit.Checkpoint
-	err = s.r.QueryRowContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints
-		WHERE seq > ? AND at <= ? ORDER BY seq DESC LIMIT 1`, first, before.UTC().UnixNano()).
-		Scan(&c.Seq, &c.Hash, &c.At, &c.KeyID, &c.Signature)
+	c, err := s.archiveCheckpoint(ctx, first, before)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -253,6 +270,37 @@ func (s *Store) writeArchive(ctx context.Context, dir string, before time.Time) 
 		return nil, err
 	}
 	return a, nil
+}
+
+// archiveCheckpoint picks where the next archive ends: the newest
+// checkpoint signed at or before `before` within the bounds on one file
+// (s.archive after first), or, when none lies within them, the oldest one
+// past them that is old enough. sql.ErrNoRows: none is old enough.
+func (s *Store) archiveCheckpoint(ctx context.Context, first int64, before time.Time) (audit.Checkpoint, error) {
+	limit := first + s.archive.Entries
+	var nth int64
+	err := s.r.QueryRowContext(ctx, `SELECT seq FROM audit_checkpoints WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?`,
+		first, s.archive.Checkpoints-1).Scan(&nth)
+	switch {
+	case err == nil:
+		limit = min(limit, nth)
+	case !errors.Is(err, sql.ErrNoRows):
+		return audit.Checkpoint{}, err
+	}
+	var c audit.Checkpoint
+	at := before.UTC().UnixNano()
+	err = s.r.QueryRowContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints
+		WHERE seq > ? AND seq <= ? AND at <= ? ORDER BY seq DESC LIMIT 1`, first, limit, at).
+		Scan(&c.Seq, &c.Hash, &c.At, &c.KeyID, &c.Signature)
+	if errors.Is(err, sql.ErrNoRows) {
+		// Checkpoints are signed in order of seq and of time, so a
+		// checkpoint past the bounds is old enough only when none lies
+		// within them: take the first (a file larger than the bounds).
+		err = s.r.QueryRowContext(ctx, `SELECT seq, hash, at, key_id, signature FROM audit_checkpoints
+			WHERE seq > ? AND at <= ? ORDER BY seq LIMIT 1`, limit, at).
+			Scan(&c.Seq, &c.Hash, &c.At, &c.KeyID, &c.Signature)
+	}
+	return c, err
 }
 
 // writeArchiveFile exports entries from..through, with their checkpoints,

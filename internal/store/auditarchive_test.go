@@ -494,3 +494,35 @@ func TestVerifyInSmallCheckpointBatches(t *testing.T) {
 	t.Run("archive tampering", TestArchiveAuditTamperingDetected)
 	t.Run("interrupted", TestArchiveAuditInterruptedPasses)
 }
+
+// TestArchiveAuditBoundsEachFile: a pass archives at most about the
+// bounds' entries and checkpoints after its first entry, up to the
+// newest old enough checkpoint within both; without one inside them, up to
+// the first past them. Passes run until one writes nothing, and the files
+// link.
+func TestArchiveAuditBoundsEachFile(t *testing.T) {
+	s, path, dir, key := archivable(t) // checkpoints at 20 and 40, head 50
+	grow(t, s, key, 100, 50, 55, 60, 90)
+	ctx := context.Background()
+	pass := func(entries, checkpoints int64, from, through int64) {
+		t.Helper()
+		s.SetArchiveBounds(ArchiveBounds{Entries: entries, Checkpoints: checkpoints})
+		res, err := s.ArchiveAudit(ctx, dir, cutoff(1000))
+		if err != nil || res.From != from || res.Through != through {
+			t.Fatalf("bounds %d entries, %d checkpoints: %+v %v; want %d to %d", entries, checkpoints, res, err, from, through)
+		}
+		if r, err := verifyExportFile(t, res.File, &key.PublicKey); err != nil || r.FirstSeq != from || r.HeadSeq != through {
+			t.Fatalf("archive %d to %d: %+v %v", from, through, r, err)
+		}
+	}
+	pass(25, 100, 1, 20) // 40 is past 1+25
+	pass(100, 2, 20, 50) // the second checkpoint after 20
+	pass(3, 100, 50, 55) // none within 51..53: the first past them
+	pass(100, 100, 55, 90)
+	if res, err := s.ArchiveAudit(ctx, dir, cutoff(1000)); err != nil || res.File != "" {
+		t.Fatalf("nothing left to archive: %+v %v", res, err)
+	}
+	if r, err := verifyFile(t, path, &key.PublicKey, nil); err != nil || r.FirstSeq != 90 {
+		t.Fatalf("database after the passes: %+v %v", r, err)
+	}
+}

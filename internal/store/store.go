@@ -77,6 +77,8 @@ type Store struct {
 	redactor atomic.Pointer[audit.Redactor] // HMAC key for sensitive audit fields; nil while sealed
 
 	gc groupCommit // concurrent write transactions share one commit (groupcommit.go)
+
+	archive ArchiveBounds // the most one audit archive file holds (auditarchive.go)
 }
 
 // Open opens the database at path, creating it when there is none, and
@@ -118,7 +120,7 @@ func open(ctx context.Context, path string, log *zap.Logger, create bool) (*Stor
 		return nil, err
 	}
 
-	s := &Store{log: log, now: time.Now}
+	s := &Store{log: log, now: time.Now, archive: DefaultArchiveBounds}
 	// The read pool opens first: an existing file's schema is checked
 	// through it before the writer (whose DSN switches the file to WAL)
 	// touches the file, and an upgrade snapshots the database through it.
