@@ -143,6 +143,9 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 		{"archived audit entries", "audit_entries", a.archiveAndPrune, a.cfg.Retention.Audit.D()},
 	}
 	for _, st := range steps {
+		if st.keep <= 0 {
+			continue // retention off: no pass, no metric
+		}
 		n, err := st.run(ctx, now)
 		if errors.Is(err, context.Canceled) {
 			return

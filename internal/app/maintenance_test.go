@@ -163,3 +163,19 @@ func retentionMetric(t *testing.T, a *App, name, what string) float64 {
 	}
 	return -1
 }
+
+// TestMaintainSkipsWhatIsOff: a step whose retention is off leaves no
+// trace in the metrics; policy usage pruning always runs.
+func TestMaintainSkipsWhatIsOff(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	e.app.maintainOnce(context.Background(), time.Now())
+	if v := retentionMetric(t, e.app, "appliance_retention_last_success_timestamp_seconds", "policy_usage"); v <= 0 {
+		t.Fatalf("policy usage pass not recorded: %v", v)
+	}
+	for _, what := range []string{"requests", "audit_entries"} {
+		if v := retentionMetric(t, e.app, "appliance_retention_last_success_timestamp_seconds", what); v != -1 {
+			t.Fatalf("%s: a pass recorded with retention off: %v", what, v)
+		}
+	}
+}
