@@ -357,3 +357,81 @@ func TestMaintainArchivesInBoundedFiles(t *testing.T) {
 		t.Fatalf("the database after %d files: %+v %v", len(files), rep, err)
 	}
 }
+
+// TestMaintainPrunesArchivedCheckpoints: once entries are archived, the
+// hourly pass deletes their signed checkpoints, but the one the token's
+// audit head names (here a stale head: writes to the token had failed), so
+// the next unseal still matches it. Sealed, the step does not run: it reads
+// the head from the token.
+func TestMaintainPrunesArchivedCheckpoints(t *testing.T) {
+	q := newQuorumEnv(t, "retention: {audit: 48h}\n")
+	ctx := context.Background()
+	q.start()
+	q.unseal(1, 2)
+	var stale []byte
+	for i := range 4 {
+		signOne(t, q.env, uint64(i), fmt.Sprint("c-", i))
+		if err := q.app.audit.Checkpoint(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			m, _ := q.app.currentAudit()
+			var err error
+			if stale, err = m.ReadData(ctx, auditHeadLabel); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	m, _ := q.app.currentAudit()
+	if err := m.WriteData(ctx, auditHeadLabel, stale); err != nil {
+		t.Fatal(err)
+	}
+	head, err := decodeHead(stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := q.cfg.Store.Path
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	first := int64(countRows(t, path, `SELECT min(seq) FROM events`))
+	if first <= head.Seq {
+		t.Fatalf("the stale head (entry %d) was not archived: the chain starts at %d", head.Seq, first)
+	}
+	older := countRows(t, path, fmt.Sprintf(`SELECT count(*) FROM audit_checkpoints WHERE seq < %d`, first))
+	kept := countRows(t, path, fmt.Sprintf(`SELECT count(*) FROM audit_checkpoints WHERE seq = %d`, head.Seq))
+	if older != 1 || kept != 1 {
+		t.Fatalf("checkpoints before the first entry: %d, the token head's: %d; want only it", older, kept)
+	}
+	if v := retentionMetric(t, q.app, "appliance_retention_deleted_total", "audit_checkpoints"); v < 2 {
+		t.Fatalf("checkpoints deleted %v, want at least 2", v)
+	}
+	if n := countRows(t, path, `SELECT count(*) FROM events WHERE kind = 'checkpoints_pruned'`); n != 1 {
+		t.Fatalf("%d checkpoints_pruned entries", n)
+	}
+	if rep, err := CheckIntegrity(ctx, path, false); err != nil || rep.Audit.FirstSeq != first {
+		t.Fatalf("after pruning: %+v %v", rep, err)
+	}
+	if err := q.app.checkAuditHead(ctx, m); err != nil {
+		t.Fatalf("the stale token head after pruning: %v", err)
+	}
+	// Restarted (the stop writes a new head to the token): sealed, the step
+	// does not run; unsealed, it lets the old head's checkpoint go too.
+	q.stop()
+	q.start()
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	if v := retentionMetric(t, q.app, "appliance_retention_last_success_timestamp_seconds", "audit_checkpoints"); v != -1 {
+		t.Fatalf("a sealed pass was recorded: %v", v)
+	}
+	q.unseal(1, 2)
+	signOne(t, q.env, 4, "c-after")
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	if v := retentionMetric(t, q.app, "appliance_retention_errors_total", "audit_checkpoints"); v != 0 {
+		t.Fatalf("checkpoint pruning errors: %v", v)
+	}
+	if kept := countRows(t, path, fmt.Sprintf(`SELECT count(*) FROM audit_checkpoints WHERE seq = %d`, head.Seq)); kept != 0 {
+		t.Fatal("the old head's checkpoint was kept after the token moved on")
+	}
+	m, _ = q.app.currentAudit()
+	if err := q.app.checkAuditHead(ctx, m); err != nil {
+		t.Fatalf("the token's head after pruning: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
@@ -96,9 +97,48 @@ func (a *App) pruneBatches(ctx context.Context, del func(context.Context, *store
 	}
 }
 
+// errSkippedSealed: a retention step that needs the HSM did not run (the
+// next pass while unsealed does it).
+var errSkippedSealed = errors.New("sealed: skipped until unsealed")
+
+// pruneCheckpoints deletes the signed checkpoints of archived entries (they
+// are in the archive files), in batches, each its own transaction with an
+// audit entry, all but the checkpoint of the token's audit head, which the
+// unseal compares with the database (store.PruneArchivedCheckpointsTx). It
+// reads that head from the token, so it runs only unsealed.
+func (a *App) pruneCheckpoints(ctx context.Context, _ time.Time) (int64, error) {
+	m, _ := a.currentAudit()
+	if m == nil {
+		return 0, errSkippedSealed
+	}
+	var keep int64 // no head on the token: none to keep
+	raw, err := m.ReadData(ctx, auditHeadLabel)
+	switch {
+	case err == nil:
+		cp, err := decodeHead(raw)
+		if err != nil {
+			return 0, fmt.Errorf("prune audit checkpoints: the token's audit head does not parse: %w", err)
+		}
+		keep = cp.Seq
+	case !errors.Is(err, hsm.ErrDataNotFound):
+		return 0, fmt.Errorf("prune audit checkpoints: read the token's audit head: %w", err)
+	}
+	n, err := a.pruneBatches(ctx, func(ctx context.Context, tx *store.Tx) (int64, error) {
+		return store.PruneArchivedCheckpointsTx(ctx, tx, keep, pruneBatch)
+	}, func(n int64) audit.Record {
+		return audit.Record{Kind: "checkpoints_pruned",
+			Detail: "signed checkpoints of archived audit entries deleted (the archive files hold them)",
+			Fields: map[string]string{"rows": fmt.Sprint(n), "token_head": fmt.Sprint(keep)}}
+	})
+	if err != nil {
+		return n, fmt.Errorf("prune audit checkpoints: %w", err)
+	}
+	return n, nil
+}
+
 // maintain prunes policy usage and, when retention says so, old finished
-// requests and old audit entries (archived first), a minute after the start
-// and then every pruneEvery, until ctx ends.
+// requests and old audit entries (archived first) with their checkpoints,
+// a minute after the start and then every pruneEvery, until ctx ends.
 func (a *App) maintain(ctx context.Context) {
 	t := time.NewTimer(time.Minute)
 	defer t.Stop()
@@ -141,6 +181,7 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 		{"policy usage", "policy_usage", a.pruneUsage, usageRetention},
 		{"finished requests", "requests", a.pruneRequests, a.cfg.Retention.Requests.D()},
 		{"archived audit entries", "audit_entries", a.archiveAndPrune, a.cfg.Retention.Audit.D()},
+		{"checkpoints of archived audit entries", "audit_checkpoints", a.pruneCheckpoints, a.cfg.Retention.Audit.D()},
 	}
 	for _, st := range steps {
 		if st.keep <= 0 {
@@ -149,6 +190,10 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 		n, err := st.run(ctx, now)
 		if errors.Is(err, context.Canceled) {
 			return
+		}
+		if errors.Is(err, errSkippedSealed) {
+			a.log.Debug("pruning "+st.what+" skipped while sealed")
+			continue // not a pass: no metric
 		}
 		a.obs.metrics.ObserveRetention(st.metric, n, err, time.Now())
 		switch {

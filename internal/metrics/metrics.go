@@ -58,7 +58,7 @@ type Metrics struct {
 }
 
 // Retention steps, the "what" label of the retention metrics.
-var RetentionSteps = []string{"policy_usage", "requests", "audit_entries"}
+var RetentionSteps = []string{"policy_usage", "requests", "audit_entries", "audit_checkpoints"}
 
 // New returns the metrics of one appliance.
 func New(version, mode string) *Metrics {

@@ -16,8 +16,10 @@ import (
 // aborts. (Someone with the file can drop them; the chain and the signed
 // checkpoints are what catch that.) They are migration 7's, and stay as
 // released: migration 10 replaces events_append_only_delete with one that
-// lets archived entries go (0010_audit_archives.sql), so new and upgraded
-// databases end with the same triggers.
+// lets archived entries go (0010_audit_archives.sql), and migration 11
+// audit_checkpoints_append_only_delete with one that lets their checkpoints
+// go (0011_checkpoint_retention.sql), so new and upgraded databases end
+// with the same triggers.
 const appendOnlyTriggers = `
 CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END;

@@ -456,9 +456,9 @@ func (s *Store) deleteArchivedBatch(ctx context.Context, limit int) (int64, erro
 // ArchivedCheckpoint answers for a token's audit head whose entry is no
 // longer in the database: when entry seq was archived (it comes before the
 // chain's first entry and within a recorded archive), it returns the hash
-// the database's signed checkpoint of entry seq holds (checkpoints are
-// never deleted) and the chain's first entry. Otherwise it returns an
-// error wrapping ErrNotFound.
+// the database's signed checkpoint of entry seq holds (retention keeps the
+// token head's checkpoint: PruneArchivedCheckpointsTx) and the chain's
+// first entry. Otherwise it returns an error wrapping ErrNotFound.
 func (s *Store) ArchivedCheckpoint(ctx context.Context, seq int64) (hash []byte, first int64, err error) {
 	first, archived, err := archiveBounds(ctx, s.r)
 	if err != nil {
@@ -475,4 +475,35 @@ func (s *Store) ArchivedCheckpoint(ctx context.Context, seq int64) (hash []byte,
 		return nil, 0, fmt.Errorf("store: checkpoint of entry %d: %w", seq, err)
 	}
 	return hash, first, nil
+}
+
+// PruneArchivedCheckpointsTx deletes, inside tx, at most limit signed
+// checkpoints of archived entries: those before the chain's first entry
+// and before the end of the newest recorded archive (the only ones the
+// delete trigger of migration 11 lets go), oldest first, all but the
+// checkpoint of entry keep. It returns how many it deleted.
+//
+// They are in the archive files, which carry their own checkpoints, and
+// nothing in the database needs them any more, with one exception the
+// caller names in keep: the checkpoint of the token's audit head. The
+// unseal compares that head with the database, and when its entry was
+// archived (writes to the token failed for longer than retention.audit)
+// the database's checkpoint of it is what stands in for the entry
+// (ArchivedCheckpoint). The checkpoint of the chain's first entry, which
+// the newest archive ends at, always stays.
+func PruneArchivedCheckpointsTx(ctx context.Context, tx *Tx, keep int64, limit int) (int64, error) {
+	if limit < 1 {
+		return 0, fmt.Errorf("store: prune archived checkpoints: limit %d: %w", limit, ErrInvalid)
+	}
+	first, archived, err := archiveBounds(ctx, tx)
+	if err != nil || archived == 0 {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, `DELETE FROM audit_checkpoints WHERE seq IN
+		(SELECT seq FROM audit_checkpoints WHERE seq < ? AND seq <> ? ORDER BY seq LIMIT ?)`,
+		min(first, archived), keep, limit)
+	if err != nil {
+		return 0, fmt.Errorf("store: prune archived checkpoints: %w", err)
+	}
+	return res.RowsAffected()
 }

@@ -427,17 +427,7 @@ func TestArchiveAuditInterruptedPasses(t *testing.T) {
 // and audit_archives is append-only.
 func TestArchiveDeleteTrigger(t *testing.T) {
 	s, path, dir, _ := archivable(t)
-	db, err := sql.Open("sqlite3", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	refused := func(q string) {
-		t.Helper()
-		if _, err := db.Exec(q); err == nil || !strings.Contains(err.Error(), "append-only") {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
+	db, refused := appendOnly(t, path)
 	refused(`DELETE FROM events WHERE seq = 1`)
 	if _, err := s.writeArchive(context.Background(), dir, cutoff(20)); err != nil {
 		t.Fatal(err)
@@ -449,6 +439,23 @@ func TestArchiveDeleteTrigger(t *testing.T) {
 	}
 	if _, err := db.Exec(`DELETE FROM events WHERE seq = 19`); err != nil {
 		t.Fatalf("an archived entry: %v", err)
+	}
+}
+
+// appendOnly opens the database file as any SQL client would, and returns
+// it with a check that a statement is refused by an append-only trigger.
+func appendOnly(t *testing.T, path string) (*sql.DB, func(q string)) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, func(q string) {
+		t.Helper()
+		if _, err := db.Exec(q); err == nil || !strings.Contains(err.Error(), "append-only") {
+			t.Fatalf("%s: %v", q, err)
+		}
 	}
 }
 
