@@ -192,7 +192,7 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 			return
 		}
 		if errors.Is(err, errSkippedSealed) {
-			a.log.Debug("pruning "+st.what+" skipped while sealed")
+			a.log.Debug("pruning " + st.what + " skipped while sealed")
 			continue // not a pass: no metric
 		}
 		a.obs.metrics.ObserveRetention(st.metric, n, err, time.Now())
