@@ -220,9 +220,10 @@ func (s *Server) signRecovered(ctx context.Context, p *access.Principal, b SignB
 }
 
 // batchResult renders one request's answer and does for it what the
-// middleware does for a POST /v1/sign: the log line, and for a 403 the
-// denial counter of the automatic freeze and, for forbidden, the audited
-// authorisation failure.
+// middleware does for a POST /v1/sign: the log line, the outcome the
+// metrics and the health window hear, and for a 403 the denial counter of
+// the automatic freeze and, for forbidden, the audited authorisation
+// failure.
 func (s *Server) batchResult(c echo.Context, p *access.Principal, i int, b SignBody, status int, body SignedBody, err error, took time.Duration) BatchResult {
 	r := BatchResult{Index: i}
 	lf := []zap.Field{zap.Int("index", i), zap.String("key_id", b.KeyID), zap.Duration("took", took)}
@@ -248,6 +249,13 @@ func (s *Server) batchResult(c echo.Context, p *access.Principal, i int, b SignB
 		s.batchRefused(c, p, i, ae)
 	}
 	lf = append(lf, zap.Int("status", r.Status))
+	if s.deps.Observe != nil {
+		o := Outcome{Route: http.MethodPost + " " + batchPath, Code: "ok", Status: r.Status, Chain: s.chainOf(b.KeyID), Took: took, BatchItem: true}
+		if r.Error != nil {
+			o.Code = r.Error.Code
+		}
+		s.deps.Observe(o)
+	}
 	log := logOf(c)
 	switch {
 	case r.Status >= 500:

@@ -300,13 +300,18 @@ func (s *Server) requestContext(next echo.HandlerFunc) echo.HandlerFunc {
 	}
 }
 
-// Outcome is one answered request, as Deps.Observe hears it.
+// Outcome is one answered request, as Deps.Observe hears it: every HTTP
+// request, and each sign request of a POST /v1/sign/batch on its own.
 type Outcome struct {
 	Route  string // "POST /v1/sign": a registered route, or "other"
 	Code   string // "ok" (status below 400) or the stable error code
 	Status int
 	Chain  string        // the chain of the request's key, when it names one that exists
 	Took   time.Duration // from the request's start to its answer
+	// BatchItem: one sign request of the batch call (Route is that of
+	// POST /v1/sign/batch), heard once its own answer is known; the call
+	// itself is heard too, without it.
+	BatchItem bool
 }
 
 func (s *Server) outcome(c echo.Context, status int, took time.Duration) Outcome {
@@ -325,12 +330,21 @@ func (s *Server) outcome(c echo.Context, status int, took time.Duration) Outcome
 	} else if status >= 400 {
 		o.Code = "http_" + strconv.Itoa(status)
 	}
-	if id, ok := c.Get("key_id").(string); ok && id != "" {
-		if k, err := s.deps.Keys.Get(id); err == nil {
-			o.Chain = k.Chain
-		}
+	if id, ok := c.Get("key_id").(string); ok {
+		o.Chain = s.chainOf(id)
 	}
 	return o
+}
+
+// chainOf is the chain of key id, "" when no such key exists.
+func (s *Server) chainOf(id string) string {
+	if id == "" {
+		return ""
+	}
+	if k, err := s.deps.Keys.Get(id); err == nil {
+		return k.Chain
+	}
+	return ""
 }
 
 // recoverer turns a panic in a handler into a 500 instead of a dead connection.

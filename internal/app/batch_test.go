@@ -22,13 +22,17 @@ import (
 
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
+	"github.com/miekg/pkcs11"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/custodysigner/appliance/hsm"
+	"github.com/custodysigner/appliance/hsm/hsmfault"
 	"github.com/custodysigner/appliance/hsm/softhsmtest"
 	"github.com/custodysigner/appliance/internal/audit"
 	"github.com/custodysigner/appliance/internal/config"
 	"github.com/custodysigner/appliance/internal/devpki"
+	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/store"
 )
 
@@ -214,6 +218,56 @@ func TestSignBatchPerItem(t *testing.T) {
 	m := scrapeMetrics(t, nil, url)
 	if v := m.value(t, "appliance_requests_total", "code=ok,route=POST /v1/sign/batch"); v != 1 {
 		t.Errorf("requests_total{POST /v1/sign/batch, ok} = %v, want 1", v)
+	}
+	// Each request of the batch is counted as well, under its own route
+	// label, and each signature in the sign latency histogram.
+	for code, want := range map[string]float64{"ok": 4, "decode_failed": 1, "forbidden": 1, "policy_denied": 1,
+		"bad_request": 1, "idempotency_conflict": 1, "too_large": 1} {
+		if v := m.value(t, "appliance_requests_total", "code="+code+",route=POST /v1/sign/batch (request)"); v != want {
+			t.Errorf("requests_total{batch request, %s} = %v, want %v", code, v, want)
+		}
+	}
+	if n := m.value(t, "appliance_sign_duration_seconds", "chain=ethereum"); n != 5 {
+		t.Errorf("sign_duration count %v, want 5: the earlier POST /v1/sign and the batch's 4", n)
+	}
+}
+
+// TestSignBatchFeedsHealth: the requests of a batch feed the health window
+// as POST /v1/sign does, so an upstream that only sends batches still
+// raises hsm_error_rate when the HSM fails its signatures.
+func TestSignBatchFeedsHealth(t *testing.T) {
+	e := newEnvWith(t, "health: {min_samples: 5, hsm_error_rate_max: 0.2}\n")
+	var inj *hsmfault.Injector
+	e.interpose = func(c hsm.Cryptoki) hsm.Cryptoki { inj = hsmfault.Wrap(c); return inj }
+	e.start()
+	c := e.client("client")
+	to := common.HexToAddress("0x00000000000000000000000000000000000000b3")
+	var items []any
+	for i := range 6 {
+		items = append(items, signBody(unsignedEIP1559(t, 1337, uint64(i), to, big.NewInt(1)), fmt.Sprint("h-", i)))
+	}
+	if r := e.app.checker.Fresh(context.Background()); !r.Checks[alertHSMErrorRate].OK {
+		t.Fatalf("before the batch: %+v", r)
+	}
+	inj.FailNext(hsmfault.Fault{Op: hsmfault.OpSign, RV: pkcs11.CKR_FUNCTION_FAILED, When: hsmfault.Before}, 3)
+	var failed int
+	for i, r := range e.signBatch(c, items...) {
+		switch {
+		case r.Status == http.StatusServiceUnavailable && r.code(t) == "hsm_unavailable":
+			failed++
+		case r.Status != http.StatusOK:
+			t.Fatalf("item %d: %d %s", i, r.Status, r.Error)
+		}
+	}
+	if failed != 3 {
+		t.Fatalf("%d requests refused hsm_unavailable, want the 3 the HSM failed", failed)
+	}
+	r := e.app.checker.Fresh(context.Background())
+	if chk := r.Checks[alertHSMErrorRate]; chk.OK || !strings.Contains(chk.Detail, "3 of the last 6 sign requests failed for the HSM") {
+		t.Fatalf("hsm_error_rate after a batch with 3 of 6 failed: %+v (report %s)", chk, r.Status)
+	}
+	if r.Status != health.StatusDegraded {
+		t.Fatalf("health %s, want degraded", r.Status)
 	}
 }
 

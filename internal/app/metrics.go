@@ -23,8 +23,13 @@ import (
 )
 
 // signRoute is the route whose answers feed the sign latency histogram and
-// the health window.
+// the health window, with each request of a batch.
 const signRoute = http.MethodPost + " /v1/sign"
+
+// batchItemRoute is the route label of the requests inside POST
+// /v1/sign/batch calls in appliance_requests_total (the calls themselves
+// are counted under their own route).
+const batchItemRoute = http.MethodPost + " /v1/sign/batch (request)"
 
 // scrapeTimeout bounds the store and HSM readings of one scrape.
 const scrapeTimeout = 2 * time.Second
@@ -58,11 +63,15 @@ func newObservability(a *App) *observability {
 	return o
 }
 
-// observe hears every answered API request.
+// observe hears every answered API request, and every request of a batch.
 func (o *observability) observe(out api.Outcome) {
-	signed := out.Route == signRoute && out.Status == http.StatusOK
-	o.metrics.ObserveRequest(metrics.Request{Route: out.Route, Code: out.Code, Chain: out.Chain, Took: out.Took, Signed: signed})
-	if out.Route != signRoute {
+	route, sign := out.Route, out.Route == signRoute
+	if out.BatchItem {
+		route, sign = batchItemRoute, true
+	}
+	signed := sign && out.Status == http.StatusOK
+	o.metrics.ObserveRequest(metrics.Request{Route: route, Code: out.Code, Chain: out.Chain, Took: out.Took, Signed: signed})
+	if !sign {
 		return
 	}
 	switch {
