@@ -71,9 +71,9 @@ func (f *AuditFile) Checkpoints(ctx context.Context) ([]audit.Checkpoint, error)
 // every audit.checkpoint_interval: millions in a year) are read in batches
 // as the entries reach them and let go once passed, so memory stays bounded.
 func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors map[int64][]byte) (audit.Report, error) {
-	tx, err := f.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := f.readTx(ctx)
 	if err != nil {
-		return audit.Report{}, fmt.Errorf("store: %w", err)
+		return audit.Report{}, err
 	}
 	defer tx.Rollback() //nolint:errcheck // read-only
 	v := audit.NewStreamingVerifier(keys)
@@ -89,44 +89,50 @@ func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors
 	for seq, h := range anchors {
 		v.Anchor(seq, h)
 	}
-	var fed int64 // checkpoints up to this seq have been given
-	more := true
-	feed := func(next int64) error { // give the checkpoints up to the entry next
-		for more && fed < next {
-			cps, err := readCheckpointsLimit(ctx, tx, fed, math.MaxInt64, verifyCheckpointBatch)
-			if err != nil {
-				return err
-			}
-			if more = len(cps) == verifyCheckpointBatch; len(cps) > 0 {
-				if err := v.AddCheckpoints(cps); err != nil {
-					return err
-				}
-				fed = cps[len(cps)-1].Seq
-			}
-			v.DropBefore(min(next, fed+1))
-		}
-		v.DropBefore(next)
-		return nil
-	}
-	err = scanAuditEntries(ctx, tx, 0, math.MaxInt64, 0, func(e *audit.Entry) error {
-		if err := feed(e.Seq); err != nil {
-			return err
-		}
-		return v.Add(e)
-	})
-	if err != nil {
+	pages := &checkpointPages{q: tx, through: math.MaxInt64, batch: verifyCheckpointBatch}
+	feed := audit.NewCheckpointFeed(v, func() ([]audit.Checkpoint, bool, error) { return pages.next(ctx) })
+	if err := scanAuditEntries(ctx, tx, 0, math.MaxInt64, 0, feed.Add); err != nil {
 		return audit.Report{}, err
 	}
 	// Checkpoints past the last entry: a truncated chain (Finish says so).
-	if err := feed(math.MaxInt64); err != nil {
-		return audit.Report{}, err
-	}
-	return v.Finish()
+	return feed.Finish()
 }
 
-// verifyCheckpointBatch is how many checkpoints Verify reads at a time (a
-// variable for the tests).
-var verifyCheckpointBatch = 4096
+// readTx begins a read transaction: what it reads is the file as of one
+// moment, while the appliance may go on appending.
+func (f *AuditFile) readTx(ctx context.Context) (*sql.Tx, error) {
+	tx, err := f.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	return tx, nil
+}
+
+// verifyCheckpointBatch is how many checkpoints Verify reads at a time,
+// and exportCheckpointBatch how many exportAudit does (variables for the
+// tests).
+var (
+	verifyCheckpointBatch = 4096
+	exportCheckpointBatch = 4096
+)
+
+// checkpointPages reads checkpoints in ascending seq, batch at a time:
+// those after seq after (which each batch advances) up to seq through.
+type checkpointPages struct {
+	q              rowsQueryer
+	after, through int64
+	batch          int
+}
+
+// next reads the next batch, and says whether more may follow it.
+func (p *checkpointPages) next(ctx context.Context) ([]audit.Checkpoint, bool, error) {
+	cps, err := readCheckpointsLimit(ctx, p.q, p.after, p.through, p.batch)
+	if err != nil || len(cps) == 0 {
+		return nil, false, err
+	}
+	p.after = cps[len(cps)-1].Seq
+	return cps, len(cps) == p.batch, nil
+}
 
 // archiveThroughs lists the entries the chain's archive records end at.
 func archiveThroughs(ctx context.Context, q rowsQueryer) ([]int64, error) {
@@ -149,34 +155,50 @@ func archiveThroughs(ctx context.Context, q rowsQueryer) ([]int64, error) {
 }
 
 // Export writes every entry after seq after as JSON lines, each checkpoint
-// right after the entry it covers.
+// right after the entry it covers. Everything is read in one read
+// transaction, as Verify reads.
 func (f *AuditFile) Export(ctx context.Context, w io.Writer, after int64) (int64, error) {
-	return exportAudit(ctx, f.db, w, after, math.MaxInt64)
+	tx, err := f.readTx(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only
+	return exportAudit(ctx, tx, w, after, math.MaxInt64)
 }
 
 // exportAudit writes the entries after seq after up to seq through as JSON
 // lines, each checkpoint right after the entry it covers, and returns how
-// many entries it wrote.
+// many entries it wrote. The checkpoints (one every
+// audit.checkpoint_interval: millions in a year) are read a batch at a
+// time as the entries reach them, through q as the entries are; those of
+// entries not in the range are not written.
 func exportAudit(ctx context.Context, q rowsQueryer, w io.Writer, after, through int64) (int64, error) {
-	cps, err := readCheckpointsIn(ctx, q, after, through)
-	if err != nil {
-		return 0, err
-	}
-	bySeq := make(map[int64]*audit.Checkpoint, len(cps))
-	for i := range cps {
-		bySeq[cps[i].Seq] = &cps[i]
-	}
+	pages := &checkpointPages{q: q, after: after, through: through, batch: exportCheckpointBatch}
+	var cps []audit.Checkpoint // read, not yet passed by the entries
+	more := true
 	x := audit.NewExporter(w)
 	var n int64
-	err = scanAuditEntries(ctx, q, after, through, 0, func(e *audit.Entry) error {
+	err := scanAuditEntries(ctx, q, after, through, 0, func(e *audit.Entry) error {
 		if err := x.Entry(e); err != nil {
 			return err
 		}
 		n++
-		if c := bySeq[e.Seq]; c != nil {
-			return x.Checkpoint(c)
+		for more && (len(cps) == 0 || cps[len(cps)-1].Seq < e.Seq) {
+			pages.after = max(pages.after, e.Seq-1) // those before e are never written
+			var err error
+			if cps, more, err = pages.next(ctx); err != nil {
+				return err
+			}
 		}
-		return nil
+		for len(cps) > 0 && cps[0].Seq < e.Seq {
+			cps = cps[1:]
+		}
+		if len(cps) == 0 || cps[0].Seq != e.Seq {
+			return nil
+		}
+		c := &cps[0]
+		cps = cps[1:]
+		return x.Checkpoint(c)
 	})
 	if err != nil {
 		return n, err
