@@ -325,7 +325,7 @@ func (s *Store) writeArchiveFile(ctx context.Context, path string, from, through
 			_ = os.Remove(tmp)
 		}
 	}()
-	n, err := exportAudit(ctx, s.r, f, from-1, through)
+	n, err := s.exportRange(ctx, f, from, through)
 	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
 		return err
 	}
@@ -348,6 +348,18 @@ func (s *Store) writeArchiveFile(ctx context.Context, path string, from, through
 		return err
 	}
 	return syncFile(dir)
+}
+
+// exportRange exports entries from..through with their checkpoints, read
+// in one read transaction: the entries and the pages of checkpoints as of
+// one moment.
+func (s *Store) exportRange(ctx context.Context, w io.Writer, from, through int64) (int64, error) {
+	tx, err := readTx(ctx, s.r)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback() //nolint:errcheck // read-only
+	return exportAudit(ctx, tx, w, from-1, through)
 }
 
 // checkArchiveFile reads the file back and verifies it with the registered

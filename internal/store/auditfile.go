@@ -100,8 +100,10 @@ func (f *AuditFile) Verify(ctx context.Context, keys []*ecdsa.PublicKey, anchors
 
 // readTx begins a read transaction: what it reads is the file as of one
 // moment, while the appliance may go on appending.
-func (f *AuditFile) readTx(ctx context.Context) (*sql.Tx, error) {
-	tx, err := f.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+func (f *AuditFile) readTx(ctx context.Context) (*sql.Tx, error) { return readTx(ctx, f.db) }
+
+func readTx(ctx context.Context, db *sql.DB) (*sql.Tx, error) {
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
