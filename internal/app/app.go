@@ -52,11 +52,12 @@ type App struct {
 	tls      *api.TLS // the API's TLS, whose CRL a reload re-reads
 	ready    atomic.Bool
 
-	audit  *checkpointer
-	obs    *observability                // metrics, the recent sign outcomes, threshold alerts
-	health atomic.Pointer[config.Health] // thresholds in force (a reload swaps them)
-	level  *zap.AtomicLevel              // the logger's level, when the caller gave it (SetLogLevel)
-	conf   configState
+	audit     *checkpointer
+	obs       *observability                // metrics, the recent sign outcomes, threshold alerts
+	retention retentionFailures             // the retention steps whose last pass failed
+	health    atomic.Pointer[config.Health] // thresholds in force (a reload swaps them)
+	level     *zap.AtomicLevel              // the logger's level, when the caller gave it (SetLogLevel)
+	conf      configState
 
 	// hsmDownSince is when the HSM probe started failing while unsealed
 	// (zero while it passes): within hsm.unavailable_grace of it health is
@@ -175,7 +176,7 @@ func New(ctx context.Context, cfg *config.Config, log *zap.Logger, version strin
 		{Name: "hsm", Critical: true, Probe: a.probeHSM},
 		{Name: "store", Critical: true, Probe: a.store.Probe},
 		{Name: "keys", Probe: a.probeKeys},
-	}, append(a.thresholdChecks(), a.crlCheck())...)...)
+	}, append(a.thresholdChecks(), a.crlCheck(), a.retentionCheck())...)...)
 	if a.tls, err = api.NewTLS(cfg.TLS); err != nil {
 		return nil, err
 	}

@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/ethereum/go-ethereum/common"
+	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/internal/audit"
+	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/seal"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -433,5 +435,41 @@ func TestMaintainPrunesArchivedCheckpoints(t *testing.T) {
 	m, _ = q.app.currentAudit()
 	if err := q.app.checkAuditHead(ctx, m); err != nil {
 		t.Fatalf("the token's head after pruning: %v", err)
+	}
+}
+
+// TestRetentionFailureRaisesAlert: a retention step whose pass fails (here
+// the archive directory's path is a file) makes /v1/health degraded with
+// the step and the error, and raises the retention alert; its next
+// successful pass clears both.
+func TestRetentionFailureRaisesAlert(t *testing.T) {
+	q := signedAndCheckpointed(t, "retention: {audit: 48h}\n", "f-")
+	ctx := context.Background()
+	if r := q.app.checker.Fresh(ctx); !r.Checks[alertRetention].OK {
+		t.Fatalf("before any pass: %+v", r.Checks[alertRetention])
+	}
+	dir := q.cfg.AuditArchiveDir()
+	if err := os.WriteFile(dir, []byte("not a directory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	r := q.app.checker.Fresh(ctx)
+	chk := r.Checks[alertRetention]
+	if chk.OK || r.Status != health.StatusDegraded || !strings.Contains(chk.Detail, "pruning archived audit entries failed at ") ||
+		!strings.Contains(chk.Detail, filepath.Base(dir)) {
+		t.Fatalf("after a failed archive pass: %s %+v", r.Status, chk)
+	}
+	if v := retentionMetric(t, q.app, "appliance_retention_errors_total", "audit_entries"); v != 1 {
+		t.Fatalf("audit step errors %v", v)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	q.app.maintainOnce(ctx, time.Now().Add(49*time.Hour))
+	if r := q.app.checker.Fresh(ctx); !r.Checks[alertRetention].OK || r.Status == health.StatusDegraded {
+		t.Fatalf("after a pass that succeeded: %s %+v", r.Status, r.Checks[alertRetention])
+	}
+	if n := q.logs.FilterMessage("alert raised").FilterField(zap.String("alert", alertRetention)).Len(); n != 1 {
+		t.Fatalf("%d 'alert raised' lines for retention", n)
 	}
 }

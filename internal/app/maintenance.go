@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/custodysigner/appliance/hsm"
 	"github.com/custodysigner/appliance/internal/audit"
+	"github.com/custodysigner/appliance/internal/health"
 	"github.com/custodysigner/appliance/internal/policy"
 	"github.com/custodysigner/appliance/internal/store"
 )
@@ -170,8 +174,59 @@ func (a *App) archiveAndPrune(ctx context.Context, now time.Time) (int64, error)
 	}
 }
 
-// maintainOnce is one pass of maintain; each step's failure is logged and
-// counted, and does not stop the others.
+// alertRetention is the alert, and the /v1/health check, raised while the
+// last pass of a retention step failed.
+const alertRetention = "retention"
+
+// retentionFailures is the retention steps whose last pass failed: what
+// the retention check reports until a pass of the step succeeds.
+type retentionFailures struct {
+	mu     sync.Mutex
+	failed map[string]retentionFailure // by step (the metric's label)
+}
+
+type retentionFailure struct {
+	what string
+	at   time.Time
+	err  string
+}
+
+func (r *retentionFailures) set(step, what string, at time.Time, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err == nil {
+		delete(r.failed, step)
+		return
+	}
+	if r.failed == nil {
+		r.failed = map[string]retentionFailure{}
+	}
+	r.failed[step] = retentionFailure{what: what, at: at, err: err.Error()}
+}
+
+// retentionCheck makes /v1/health degraded, and raises retention, while
+// the last pass of a retention step failed: the database grows again, or,
+// when the archive recorded last is missing or altered, someone touched
+// the audit archives on the box. Degraded, never down: signing goes on.
+// The next successful pass of the step (hourly) clears it.
+func (a *App) retentionCheck() health.Check {
+	return a.obs.alerts.Check(alertRetention, func(context.Context) error {
+		a.retention.mu.Lock()
+		defer a.retention.mu.Unlock()
+		var out []string
+		for _, f := range a.retention.failed {
+			out = append(out, fmt.Sprintf("pruning %s failed at %s: %s", f.what, f.at.UTC().Format(time.RFC3339), f.err))
+		}
+		if len(out) == 0 {
+			return nil
+		}
+		sort.Strings(out)
+		return fmt.Errorf("%s (retried hourly)", strings.Join(out, "; "))
+	})
+}
+
+// maintainOnce is one pass of maintain; each step's failure is logged,
+// counted and kept for the retention check, and does not stop the others.
 func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 	steps := []struct {
 		what, metric string
@@ -196,6 +251,7 @@ func (a *App) maintainOnce(ctx context.Context, now time.Time) {
 			continue // not a pass: no metric
 		}
 		a.obs.metrics.ObserveRetention(st.metric, n, err, time.Now())
+		a.retention.set(st.metric, st.what, time.Now(), err)
 		switch {
 		case err != nil:
 			a.log.Error("pruning "+st.what, zap.Error(err), zap.Int64("rows", n))
