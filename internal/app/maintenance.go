@@ -206,8 +206,9 @@ func (r *retentionFailures) set(step, what string, at time.Time, err error) {
 
 // retentionCheck makes /v1/health degraded, and raises retention, while
 // the last pass of a retention step failed: the database grows again, or,
-// when the archive recorded last is missing or altered, someone touched
-// the audit archives on the box. Degraded, never down: signing goes on.
+// when an interrupted pass left entries to delete and the archive it
+// recorded is missing or altered, someone touched the audit archives on
+// the box. Degraded, never down: signing goes on.
 // The next successful pass of the step (hourly) clears it.
 func (a *App) retentionCheck() health.Check {
 	return a.obs.alerts.Check(alertRetention, func(context.Context) error {
