@@ -22,7 +22,8 @@ import (
 
 const auditUsage = `audit verify (--db FILE | --export FILE | --config FILE) --pubkey PEM [--pubkey PEM ...] [--anchor SEQ:HASH]
   audit export (--db FILE | --config FILE) [--out FILE] [--after N]
-  audit pubkey (--db FILE | --config FILE)`
+  audit pubkey (--db FILE | --config FILE)
+  audit archives (--config FILE | --db FILE --dir DIR) [--pubkey PEM ...]`
 
 // tamperedError is a verification that failed on the data: exit code 4.
 type tamperedError struct{ err error }
@@ -41,6 +42,7 @@ func auditCmd(args []string, out io.Writer) error {
 	export := fs.String("export", "", "JSON-lines export to verify instead of a database")
 	outPath := fs.String("out", "", "write the export here instead of standard output")
 	after := fs.Int64("after", 0, "export entries after this sequence number")
+	dir := fs.String("dir", "", "archive directory (default: the configuration's retention.archive_dir)")
 	var pubkeys, anchors repeated
 	fs.Var(&pubkeys, "pubkey", "audit public key (PEM), obtained out of band; repeat for older keys")
 	fs.Var(&anchors, "anchor", "SEQ:HASH of a head recorded earlier; the chain must reach it")
@@ -54,6 +56,9 @@ func auditCmd(args []string, out io.Writer) error {
 			return configError{err}
 		}
 		*db = cfg.Store.Path
+		if *dir == "" {
+			*dir = cfg.AuditArchiveDir()
+		}
 	}
 	switch args[0] {
 	case "verify":
@@ -126,6 +131,15 @@ func auditCmd(args []string, out io.Writer) error {
 			fmt.Fprintf(os.Stderr, "exported %d entries to %s\n", n, *outPath)
 		}
 		return nil
+	case "archives":
+		if *db == "" || *dir == "" {
+			return usageError{auditUsage}
+		}
+		keys, err := readAuditKeys(pubkeys)
+		if err != nil {
+			return err
+		}
+		return auditArchives(ctx, out, *db, *dir, keys)
 	case "pubkey":
 		if *db == "" {
 			return usageError{auditUsage}
@@ -157,6 +171,44 @@ func auditCmd(args []string, out io.Writer) error {
 	default:
 		return usageError{auditUsage}
 	}
+}
+
+// auditArchives reports the recorded audit archives against the archive
+// directory: a line each, then the JSON report. An archive altered, not
+// verifying or not linking is exit 4.
+func auditArchives(ctx context.Context, out io.Writer, db, dir string, keys []*ecdsa.PublicKey) error {
+	f, err := store.OpenAuditFile(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rep, err := f.ArchiveStatus(ctx, dir, keys)
+	if err != nil {
+		return err
+	}
+	for _, a := range rep.Archives {
+		line := fmt.Sprintf("%s  entries %d to %d  %s", a.File, a.From, a.Through, a.State)
+		if a.Verified {
+			line += ", verified"
+		}
+		if a.Deleting {
+			line += ", its pass is still deleting: keep it here"
+		}
+		if a.Problem != "" {
+			line += ": " + a.Problem
+		}
+		fmt.Fprintln(out, line)
+	}
+	fmt.Fprintf(out, "%d archives recorded in %s; the database starts at entry %d\n", len(rep.Archives), dir, rep.FirstSeq)
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(rep); err != nil {
+		return err
+	}
+	if rep.Broken > 0 {
+		return tamperedError{fmt.Errorf("AUDIT ARCHIVES BROKEN: %d of %d altered, failing verification or not linking: %w", rep.Broken, len(rep.Archives), audit.ErrTampered)}
+	}
+	return nil
 }
 
 func verifyFailure(err error) error {

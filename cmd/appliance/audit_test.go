@@ -150,3 +150,103 @@ func TestAuditVerifyArchived(t *testing.T) {
 		t.Fatalf("deleted without a record: %v", err)
 	}
 }
+
+// TestAuditArchives: `audit archives` lists the recorded archives against
+// the directory: intact (and verified with --pubkey), absent (moved off
+// the box: no error), altered or not linking (exit 4), and says when the
+// newest archive's pass is still deleting.
+func TestAuditArchives(t *testing.T) {
+	db, archive, pub := archivedDB(t)
+	dir := filepath.Dir(archive)
+	run := func(args ...string) (store.ArchivesReport, string, error) {
+		t.Helper()
+		var out bytes.Buffer
+		err := auditCmd(append([]string{"archives", "--db", db}, args...), &out)
+		var rep store.ArchivesReport
+		s := out.String()
+		if i := strings.Index(s, "{"); i >= 0 {
+			if jerr := json.Unmarshal([]byte(s[i:]), &rep); jerr != nil {
+				t.Fatalf("%v in %s", jerr, s)
+			}
+		}
+		return rep, s, err
+	}
+	var ue usageError
+	if _, _, err := run(); !errors.As(err, &ue) {
+		t.Fatalf("no directory: %v", err)
+	}
+	rep, out, err := run("--dir", dir)
+	if err != nil || len(rep.Archives) != 1 || rep.FirstSeq != 10 || rep.Broken != 0 {
+		t.Fatalf("intact: %v\n%s", err, out)
+	}
+	a := rep.Archives[0]
+	if a.State != store.ArchiveIntact || a.Verified || a.Deleting || a.From != 1 || a.Through != 10 || a.File != filepath.Base(archive) ||
+		!strings.Contains(out, filepath.Base(archive)+"  entries 1 to 10  intact\n") {
+		t.Fatalf("intact: %+v\n%s", a, out)
+	}
+	if rep, out, err = run("--dir", dir, "--pubkey", pub); err != nil || !rep.Archives[0].Verified || !strings.Contains(out, "intact, verified") {
+		t.Fatalf("with the key: %v\n%s", err, out)
+	}
+	// Another key: intact, but it does not verify.
+	other := filepath.Join(t.TempDir(), "other.pub")
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey, err := audit.MarshalPublicKey(&k.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(other, pemKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var te tamperedError
+	if rep, out, err = run("--dir", dir, "--pubkey", other); !errors.As(err, &te) || rep.Archives[0].Verified || rep.Broken != 1 {
+		t.Fatalf("another key: %v\n%s", err, out)
+	}
+
+	// Altered: a byte added.
+	raw, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(archive, append(raw, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rep, out, err = run("--dir", dir); !errors.As(err, &te) || rep.Archives[0].State != store.ArchiveAltered ||
+		!strings.Contains(rep.Archives[0].Problem, "recorded") {
+		t.Fatalf("altered: %v\n%s", err, out)
+	}
+	// Absent: moved off the box.
+	if err := os.Remove(archive); err != nil {
+		t.Fatal(err)
+	}
+	if rep, out, err = run("--dir", dir, "--pubkey", pub); err != nil || rep.Archives[0].State != store.ArchiveAbsent || rep.Broken != 0 {
+		t.Fatalf("absent: %v\n%s", err, out)
+	}
+	if err := os.WriteFile(archive, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// A record that does not start where the one before ends, and whose
+	// entries are still in the database (its pass is deleting).
+	sdb, err := sql.Open("sqlite3", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = sdb.Exec(`INSERT INTO audit_archives (through_seq, from_seq, through_hash, file, sha256, size, at)
+		VALUES (20, 12, x'00', 'audit-000000000012-000000000020.jsonl', '00', 1, 0)`)
+	sdb.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, out, err = run("--dir", dir)
+	if !errors.As(err, &te) || len(rep.Archives) != 2 || rep.Broken != 1 {
+		t.Fatalf("a gap: %v\n%s", err, out)
+	}
+	if b := rep.Archives[1]; b.State != store.ArchiveAbsent || !b.Deleting ||
+		!strings.Contains(b.Problem, "starts at entry 12, but the archive before ends at entry 10") ||
+		!strings.Contains(out, "its pass is still deleting: keep it here") {
+		t.Fatalf("a gap: %+v\n%s", b, out)
+	}
+}

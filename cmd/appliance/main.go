@@ -61,6 +61,7 @@ Usage:
   appliance audit verify (--db FILE | --export FILE | --config FILE) --pubkey PEM [--anchor SEQ:HASH]
   appliance audit export (--db FILE | --config FILE) [--out FILE] [--after N]
   appliance audit pubkey (--db FILE | --config FILE)
+  appliance audit archives (--config FILE | --db FILE --dir DIR) [--pubkey PEM ...]
   appliance backup       [connection flags]                 encrypted backup by the running appliance
   appliance backup inspect FILE
   appliance restore      --config FILE --archive FILE [--mode host|database|token] [--so-pin-file FILE]
