@@ -41,6 +41,12 @@ func ParseURI(s string) (*URI, error) {
 	if len(s) < len(scheme) || !strings.EqualFold(s[:len(scheme)], scheme) {
 		return nil, fmt.Errorf("hsm: URI must start with %q", scheme)
 	}
+	// RFC 7512 (and RFC 3986 under it) has no raw spaces or control
+	// characters: a space in a path is %20. Refusing them also keeps a
+	// stray newline or tab from a configuration file out of a module path.
+	if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
+		return nil, fmt.Errorf("hsm: URI has a space or control character at byte %d; percent-encode it (a space is %%20)", i)
+	}
 	rest := s[len(scheme):]
 	path, query, _ := strings.Cut(rest, "?")
 	u := &URI{}
@@ -55,7 +61,8 @@ func ParseURI(s string) (*URI, error) {
 			}
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok {
-				return fmt.Errorf("hsm: URI %s attribute %q has no value", where, k)
+				// Not quoted: "pin-value:1234" would put the PIN in an error.
+				return fmt.Errorf("hsm: URI has a %s attribute without '='", where)
 			}
 			val, err := url.PathUnescape(v)
 			if err != nil {

@@ -40,6 +40,10 @@ func TestParseURI(t *testing.T) {
 		{name: "remote pin file", in: "pkcs11:token=t?module-path=" + mod + "&pin-source=file://evil/p", wantErr: true},
 		{name: "relative pin file", in: "pkcs11:token=t?module-path=" + mod + "&pin-source=pin.txt", wantErr: true},
 		{name: "bad escape", in: "pkcs11:token=t%zz?module-path=" + mod, wantErr: true},
+		{name: "raw space", in: "pkcs11:token=My Token?module-path=" + mod, wantErr: true},
+		{name: "newline", in: "pkcs11:token=t?module-path=" + mod + "\n", wantErr: true},
+		{name: "tab", in: "pkcs11:token=t\t?module-path=" + mod, wantErr: true},
+		{name: "delete", in: "pkcs11:token=t\x7f?module-path=" + mod, wantErr: true},
 		{name: "token too long", in: "pkcs11:token=" + strings.Repeat("x", 33) + "?module-path=" + mod, wantErr: true},
 	}
 	for _, tc := range tests {
@@ -75,6 +79,15 @@ func TestURIStringRedactsPIN(t *testing.T) {
 	s := u.String()
 	if strings.Contains(s, "s3cr3t-pin") || !strings.Contains(s, "pin-value=REDACTED") {
 		t.Fatalf("String() = %q: PIN not redacted", s)
+	}
+}
+
+// An attribute without '=' is named by position, never quoted: it may be a
+// PIN written with the wrong separator.
+func TestURIErrorHidesMalformedPIN(t *testing.T) {
+	_, err := hsm.ParseURI("pkcs11:token=t?module-path=/m.so&pin-value:s3cr3t-pin")
+	if err == nil || strings.Contains(err.Error(), "s3cr3t") {
+		t.Fatalf("ParseURI error = %v", err)
 	}
 }
 

@@ -14,11 +14,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/custodysigner/appliance/hsm"
 )
 
 // Mode says whether the appliance runs as a production service or a
@@ -525,6 +529,9 @@ func (c *Config) applyDefaults() {
 func (c *Config) validate() error {
 	var errs []error
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	for _, name := range controlChars(reflect.ValueOf(c).Elem(), "") {
+		bad("%s: has a control character (a newline, tab or similar); no setting takes one", name)
+	}
 	if c.Mode != ModeProduction && c.Mode != ModeDev {
 		bad("mode: %q is neither %q nor %q", c.Mode, ModeProduction, ModeDev)
 	}
@@ -533,6 +540,11 @@ func (c *Config) validate() error {
 	}
 	if c.HSM.URI == "" {
 		bad("hsm.uri is required")
+	} else if _, err := hsm.ParseURI(c.HSM.URI); err != nil {
+		// Checked here so that `appliance config`, a reload and the .deb's
+		// postinst refuse a URI the start would refuse. The error names no
+		// attribute value, so a mistyped pin-value stays out of it.
+		bad("hsm.uri: %v", err)
 	}
 	if c.HSM.PoolSize < 1 || c.HSM.PoolSize > 1024 {
 		bad("hsm.pool_size: %d is outside 1..1024", c.HSM.PoolSize)
@@ -625,6 +637,49 @@ func (c *Config) validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// controlChars names the settings under v whose string value holds a
+// control character. None takes one: they are paths, addresses, names and
+// URIs, and a stray newline or tab in one is a quoting mistake that would
+// otherwise reach a file name or a log line, and that YAML cannot always
+// print back (a leading newline does not survive yaml.v3's round trip, so
+// the effective configuration would not read back as the one in force).
+func controlChars(v reflect.Value, name string) []string {
+	switch v.Kind() {
+	case reflect.String:
+		if strings.ContainsFunc(v.String(), unicode.IsControl) {
+			return []string{name}
+		}
+	case reflect.Pointer:
+		if !v.IsNil() {
+			return controlChars(v.Elem(), name)
+		}
+	case reflect.Slice:
+		var out []string
+		for i := range v.Len() {
+			out = append(out, controlChars(v.Index(i), fmt.Sprintf("%s[%d]", name, i))...)
+		}
+		return out
+	case reflect.Struct:
+		var out []string
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if !f.IsExported() || tag == "-" {
+				continue
+			}
+			if tag == "" {
+				tag = strings.ToLower(f.Name)
+			}
+			if name != "" {
+				tag = name + "." + tag
+			}
+			out = append(out, controlChars(v.Field(i), tag)...)
+		}
+		return out
+	}
+	return nil
 }
 
 func (c *Config) resolvePaths(dir string) {

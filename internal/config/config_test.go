@@ -50,6 +50,15 @@ func TestStrictParsing(t *testing.T) {
 		{"request retention under a day", minimal + "retention: {requests: 23h}\n", "retention"},
 		{"audit retention under a day", minimal + "retention: {audit: 1h}\n", "retention"},
 		{"negative retention", minimal + "retention: {requests: -48h}\n", "retention"},
+		// A leading newline does not survive yaml.v3's round trip, so the
+		// effective configuration would not read back (found by FuzzParse).
+		{"newline-only hsm uri", strings.Replace(minimal, `hsm: {uri: "pkcs11:token=t?module-path=/m.so&pin-source=file:/p"}`, `hsm: {uri: "\n"}`, 1), "hsm.uri: has a control character"},
+		{"newline in store path", strings.Replace(minimal, "{path: a.db}", `{path: "\na.db"}`, 1), "store.path: has a control character"},
+		{"tab in a principal's role", minimal + "principals: [{name: a, roles: [\"client\\t\"]}]\n", "principals[0].roles[0]: has a control character"},
+		{"escape in metrics listen", minimal + "metrics: {listen: \"127.0.0.1:9\\e\"}\n", "metrics.listen: has a control character"},
+		{"hsm uri without token", strings.Replace(minimal, "token=t?", "", 1), "hsm.uri: hsm: URI has no token attribute"},
+		{"hsm uri with a raw space", strings.Replace(minimal, "/m.so", "/m .so", 1), "hsm.uri: hsm: URI has a space"},
+		{"hsm uri with a malformed pin", strings.Replace(minimal, "pin-source=file:/p", "pin-value:s3cr3t", 1), "without '='"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,6 +68,9 @@ func TestStrictParsing(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("error %q does not mention %q", err, tc.wantErr)
+			}
+			if strings.Contains(err.Error(), "s3cr3t") {
+				t.Fatalf("error %q shows the PIN", err)
 			}
 		})
 	}
