@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"unicode"
 )
 
 // URI is an RFC 7512 PKCS#11 URI naming a module, a token and where its user
@@ -41,11 +42,13 @@ func ParseURI(s string) (*URI, error) {
 	if len(s) < len(scheme) || !strings.EqualFold(s[:len(scheme)], scheme) {
 		return nil, fmt.Errorf("hsm: URI must start with %q", scheme)
 	}
-	// RFC 7512 (and RFC 3986 under it) has no raw spaces or control
-	// characters: a space in a path is %20. Refusing them also keeps a
-	// stray newline or tab from a configuration file out of a module path.
-	if i := strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }); i >= 0 {
-		return nil, fmt.Errorf("hsm: URI has a space or control character at byte %d; percent-encode it (a space is %%20)", i)
+	// A raw control character (a stray newline or tab from a configuration
+	// file) is refused rather than carried into a module path or a token
+	// label; percent-encoded, it is taken. A raw space is accepted, though
+	// RFC 7512 wants %20: labels such as "My Token" are common, and
+	// refusing them would stop a configuration that has always worked.
+	if i := strings.IndexFunc(s, unicode.IsControl); i >= 0 {
+		return nil, fmt.Errorf("hsm: URI has a control character at byte %d; percent-encode it", i)
 	}
 	rest := s[len(scheme):]
 	path, query, _ := strings.Cut(rest, "?")

@@ -57,7 +57,7 @@ func TestStrictParsing(t *testing.T) {
 		{"tab in a principal's role", minimal + "principals: [{name: a, roles: [\"client\\t\"]}]\n", "principals[0].roles[0]: has a control character"},
 		{"escape in metrics listen", minimal + "metrics: {listen: \"127.0.0.1:9\\e\"}\n", "metrics.listen: has a control character"},
 		{"hsm uri without token", strings.Replace(minimal, "token=t?", "", 1), "hsm.uri: hsm: URI has no token attribute"},
-		{"hsm uri with a raw space", strings.Replace(minimal, "/m.so", "/m .so", 1), "hsm.uri: hsm: URI has a space"},
+		{"hsm uri relative module", strings.Replace(minimal, "/m.so", "m.so", 1), "hsm.uri: hsm: URI module-path must be absolute"},
 		{"hsm uri with a malformed pin", strings.Replace(minimal, "pin-source=file:/p", "pin-value:s3cr3t", 1), "without '='"},
 	}
 	for _, tc := range cases {
