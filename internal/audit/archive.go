@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
+	"unicode"
 )
 
 // KindArchived is the kind of the entry that records an archive: entries
@@ -53,8 +55,17 @@ func ParseArchived(e *Entry) (Archived, error) {
 		return Archived{}, fmt.Errorf("audit: archive record fields: %w", err)
 	}
 	a := Archived{From: from, Through: through, ThroughHash: h, File: f["file"], SHA256: f["sha256"], Size: size}
-	if a.From < 1 || a.Through < a.From || len(a.ThroughHash) != HashSize || a.File == "" || a.Size < 0 {
+	if a.From < 1 || a.Through < a.From || len(a.ThroughHash) != HashSize || !plainFileName(a.File) || a.Size < 0 {
 		return Archived{}, fmt.Errorf("audit: archive record of entries %d to %d is malformed", a.From, a.Through)
 	}
 	return a, nil
+}
+
+// plainFileName reports whether name is a file name the archive directory
+// can hold directly: not empty, no directory, no "." or "..", no control
+// character. The tools join it to the archive directory, so a record naming
+// "../x" would otherwise send them outside it.
+func plainFileName(name string) bool {
+	return name != "" && name != "." && name != ".." && len(name) <= 255 &&
+		!strings.ContainsRune(name, '/') && !strings.ContainsFunc(name, unicode.IsControl)
 }
