@@ -53,7 +53,7 @@ soak: deps
 	set -o pipefail; CRASH_KILLS=$(SOAK_KILLS) CRASH_DURATION=$(SOAK_TIME) CRASH_RACE=$(SOAK_RACE) \
 	  go test -count=1 -timeout 0 -run '^TestCrashConsistency$$' -v ./internal/crashtest | tee var/soak.log
 
-## fuzz-short: every fuzz target briefly (CI: 3s each, about 3.5 minutes for 35 targets; the seed
+## fuzz-short: every fuzz target briefly (CI: 3s each, about 3 minutes for 40 targets; the seed
 ## corpora in testdata/fuzz also run in `unit`); fuzz: each for FUZZTIME. scripts/fuzz.sh lists its
 ## options, e.g. make fuzz FUZZTIME=30s FUZZ_ONLY='internal/api ' FUZZ_REPORT=var/fuzz.tsv
 fuzz-short:
