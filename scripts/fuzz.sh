@@ -15,8 +15,12 @@
 #
 # A real finding (Go writes the input under testdata/fuzz/) or a committed
 # seed that fails is reported and the remaining targets still run; the script
-# fails at the end. A failure that left no input behind is the fuzz engine
-# itself stumbling on a loaded machine: it is shown in full and retried once.
+# fails at the end. A run whose only failure is a bare "context deadline
+# exceeded" as -fuzztime ends, with no input written, fuzzed for its whole
+# time and found nothing: that is a race in Go's fuzz coordinator
+# (go.dev/issue/75804, fixed in Go 1.27; Go 1.26 has it), counted as a pass
+# and said so. Any other failure that left no input behind is the engine
+# stumbling on a loaded machine: it is shown in full and retried once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${FUZZTIME:-60s}
@@ -35,6 +39,13 @@ record() { # pkg target result
   [[ -n $report ]] && printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$t" "$(execs)" "$(interesting)" "$3" >>"$report"
   return 0
 }
+# deadline_race: the log of a failed run is go.dev/issue/75804 and nothing
+# else: the target's only failure line is the coordinator's bare deadline
+# error, and no input was written.
+deadline_race() {
+  grep -q -- '^--- FAIL: Fuzz' "$log" && ! grep -q 'Failing input written' "$log" &&
+    [[ $(grep -c -- '^    ' "$log") == 1 ]] && grep -qx '    context deadline exceeded' "$log"
+}
 failed=()
 targets=0
 start=$SECONDS
@@ -51,8 +62,13 @@ for pkg in $(go list ./...); do
       record "$pkg" "$f" ok
       continue
     fi
-    cat "$log"
     after=$(count "$dir/testdata/fuzz/$f")
+    if ((after == before)) && deadline_race; then
+      echo "fuzz $pkg $f ($t): execs: $(execs), new interesting: $(interesting) (stopped at the deadline by go.dev/issue/75804, not a finding)"
+      record "$pkg" "$f" ok
+      continue
+    fi
+    cat "$log"
     if ((after > before)); then
       echo "fuzz $pkg $f: FOUND a failing input (saved under $dir/testdata/fuzz/$f)"
       record "$pkg" "$f" finding
