@@ -312,6 +312,10 @@ type healthBody struct {
 	Status string `json:"status"`
 	Sealed bool   `json:"sealed"`
 	Frozen bool   `json:"frozen"`
+	Checks map[string]struct {
+		OK     bool   `json:"ok"`
+		Detail string `json:"detail"`
+	} `json:"checks"`
 }
 
 // waitServing polls GET /v1/health until the appliance answers (sealed or
@@ -341,10 +345,13 @@ func (h *harness) waitServing() healthBody {
 	return healthBody{}
 }
 
-// waitUnsealed waits for an unsealed, healthy appliance.
+// waitUnsealed waits for an unsealed, healthy appliance. It allows 60 s:
+// a race-built appliance restarting on a loaded 2-core machine, beside the
+// rest of `go test ./...`, can take more than the 30 s that suffice alone;
+// the failure names the checks that were not ok.
 func (h *harness) waitUnsealed() {
 	h.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	var hb healthBody
 	for time.Now().Before(deadline) {
 		hb = h.waitServing()
@@ -356,7 +363,7 @@ func (h *harness) waitUnsealed() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	h.t.Fatalf("not unsealed and healthy after 30 s (last health %+v); its log:\n%s", hb, h.logTail(40))
+	h.t.Fatalf("not unsealed and healthy after 60 s (last health %+v); its log:\n%s", hb, h.logTail(40))
 }
 
 // officerShare submits officer n's share through the API with the officer
